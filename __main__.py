@@ -1,0 +1,5 @@
+"""Allow ``python -m fedbeat``."""
+
+from fedbeat.tools.cli import main
+
+main()

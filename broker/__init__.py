@@ -1,0 +1,1 @@
+"""The MQTT contract shared by devices and the aggregator: topics, envelopes, crypto, chunking."""

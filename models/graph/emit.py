@@ -1,0 +1,115 @@
+"""A small helper that accumulates ONNX nodes, constants and graph inputs/outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+"""ONNX opset of every generated graph. 17 is the newest with stable ScatterElements reduction,
+LayerNorm-free primitives and ReduceMean-with-attribute semantics; onnxruntime 1.14+ runs it."""
+
+IR_VERSION = 8
+"""IR version written into every model: onnx >= 1.23 writes 14 by default, which onnxruntime
+releases before 1.22 refuse. IR 8 is the one that introduced opset 17."""
+
+BATCH = "N"
+"""Symbolic name of the dynamic batch dimension."""
+
+Shape = tuple[int | str, ...]
+
+
+class GraphBuilder:
+    """Collect nodes in topological order and produce an ``onnx.ModelProto``.
+
+    Parameters
+    ----------
+    prefix
+        Namespace for generated tensor names, so that forward and backward names never collide.
+    """
+
+    def __init__(self, prefix: str = "t") -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._prefix = prefix
+        self._counter = 0
+        self._consts: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
+        self.input_names: set[str] = set()
+        self.known_shapes: dict[str, Shape] = {}
+
+    def fresh(self, hint: str = "") -> str:
+        self._counter += 1
+        return f"{self._prefix}{self._counter}{'_' + hint if hint else ''}"
+
+    def op(self, op_type: str, inputs: Sequence[str], *, name: str | None = None,
+           n_outputs: int = 1, **attrs: Any) -> str:
+        """Append one node and return its (first) output name.
+
+        With ``n_outputs > 1`` the extra outputs are named ``<name>:1``, ``<name>:2`` …
+        """
+        out = name or self.fresh(op_type.lower())
+        outputs = [out] + [f"{out}:{i}" for i in range(1, n_outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs,
+                                           name=f"{op_type}_{out}", **attrs))
+        return out
+
+    def op_multi(self, op_type: str, inputs: Sequence[str], n_outputs: int,
+                 **attrs: Any) -> list[str]:
+        """Append a node with several outputs and return all their names."""
+        first = self.op(op_type, inputs, n_outputs=n_outputs, **attrs)
+        return [first] + [f"{first}:{i}" for i in range(1, n_outputs)]
+
+    def const(self, value: np.ndarray) -> str:
+        """A deduplicated initializer holding ``value``."""
+        value = np.ascontiguousarray(value)
+        key = (value.dtype.str, value.tobytes(), value.shape)
+        if key not in self._consts:
+            name = self.fresh("const")
+            self.initializers.append(numpy_helper.from_array(value, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def const_i64(self, values: Sequence[int]) -> str:
+        return self.const(np.asarray(values, dtype=np.int64))
+
+    def const_f32(self, value: float) -> str:
+        return self.const(np.asarray(value, dtype=np.float32))
+
+    def shape_of(self, tensor: str) -> str:
+        return self.op("Shape", [tensor])
+
+    def add_input(self, name: str, elem_type: int, shape: Shape) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+        self.input_names.add(name)
+        return name
+
+    def add_output(self, tensor: str, name: str, elem_type: int = TensorProto.FLOAT,
+                   shape: Shape | None = None) -> None:
+        """Expose ``tensor`` as graph output ``name`` (via Identity when the names differ)."""
+        if tensor != name:
+            self.op("Identity", [tensor], name=name)
+        self.outputs.append(helper.make_tensor_value_info(
+            name, elem_type, None if shape is None else list(shape)))
+
+    def dropout_mask_input(self, layer: str, like: str) -> str:
+        """Declare the scaled Bernoulli mask input for dropout layer ``layer``."""
+        name = f"dropout_mask.{layer}"
+        shape = self.known_shapes.get(like)
+        if shape is None:
+            raise ValueError(f"shape of {like!r} must be known before dropout layer {layer!r}")
+        return self.add_input(name, TensorProto.FLOAT, (BATCH, *shape[1:]))
+
+    def model(self, graph_name: str, doc: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs,
+                                  initializer=self.initializers, doc_string=doc)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="fedbeat")
+        model.ir_version = IR_VERSION
+        onnx.checker.check_model(model, full_check=True)
+        return model

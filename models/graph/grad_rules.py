@@ -1,0 +1,327 @@
+"""Backward rules, one small named function per ONNX op type.
+
+Each rule receives the forward node and the gradients of its outputs and returns one gradient
+tensor name (or ``None``) per node input, emitting whatever nodes it needs. Rules emit only the
+gradients the walker asks for (:meth:`GradContext.needs`).
+
+With ``per_example`` set, gradients of *parameters* keep the batch axis: shape
+``(N, *param.shape)``. That is what DP-SGD clips (Abadi et al. 2016, Algorithm 1). Only ops that
+consume a parameter directly need to know (Conv, Gemm, and elementwise ops via
+:func:`_unbroadcast`); everything upstream is batch-separable by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from fedbeat.models.graph.emit import GraphBuilder, Shape
+
+Grad = str | None
+
+
+class UnsupportedOpError(NotImplementedError):
+    """The backward pass met an op type it has no rule for."""
+
+    def __init__(self, op_type: str) -> None:
+        super().__init__(f"no gradient rule for ONNX op {op_type!r}")
+        self.op_type = op_type
+
+
+@dataclass
+class GradContext:
+    """What a rule may consult: the builder, static shapes, and which tensors need gradients."""
+
+    g: GraphBuilder
+    shapes: dict[str, Shape]
+    active: set[str]
+    params: frozenset[str]
+    per_example: bool = False
+    _attr_cache: dict[int, dict[str, object]] = field(default_factory=dict)
+
+    def needs(self, tensor: str) -> bool:
+        return tensor in self.active
+
+    def shape(self, tensor: str) -> Shape:
+        try:
+            return self.shapes[tensor]
+        except KeyError:
+            raise ValueError(f"no static shape known for tensor {tensor!r}") from None
+
+    def static_dim(self, tensor: str, axis: int) -> int:
+        dim = self.shape(tensor)[axis]
+        if not isinstance(dim, int):
+            raise ValueError(f"tensor {tensor!r} needs a static size on axis {axis}")
+        return dim
+
+    def attrs(self, node: onnx.NodeProto) -> dict[str, object]:
+        key = id(node)
+        if key not in self._attr_cache:
+            self._attr_cache[key] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return self._attr_cache[key]
+
+    def per_example_param(self, tensor: str) -> bool:
+        return self.per_example and tensor in self.params
+
+
+GradRule = Callable[[GradContext, onnx.NodeProto, Sequence[Grad]], list[Grad]]
+
+
+def _unbroadcast(ctx: GradContext, grad: str, target: str, out: str) -> str:
+    """Sum ``grad`` (shaped like ``out``) down to the shape of broadcast operand ``target``."""
+    g = ctx.g
+    out_shape, in_shape = ctx.shape(out), ctx.shape(target)
+    lead = len(out_shape) - len(in_shape)
+    axes = [a for a in range(lead)]
+    axes += [lead + i for i, d in enumerate(in_shape) if d == 1 and out_shape[lead + i] != 1]
+    if ctx.per_example_param(target):
+        # Keep the batch axis: the parameter lines up with the trailing axes of `out`.
+        if lead < 1:
+            raise ValueError(f"parameter {target!r} spans the batch axis; cannot keep it")
+        axes = [a for a in axes if a != 0]
+        reduced = g.op("ReduceSum", [grad, g.const_i64(axes)], keepdims=1) if axes else grad
+        return g.op("Reshape", [reduced, g.const_i64([-1, *in_shape])])
+    if not axes:
+        return grad
+    reduced = g.op("ReduceSum", [grad, g.const_i64(axes)], keepdims=1)
+    if all(isinstance(d, int) for d in in_shape):
+        return g.op("Reshape", [reduced, g.const_i64(list(in_shape))])  # type: ignore[arg-type]
+    return g.op("Reshape", [reduced, g.shape_of(target)])
+
+
+def _add_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    a, b = node.input
+    y, out = dy[0], node.output[0]
+    assert y is not None
+    return [_unbroadcast(ctx, y, a, out) if ctx.needs(a) else None,
+            _unbroadcast(ctx, y, b, out) if ctx.needs(b) else None]
+
+
+def _sub_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    a, b = node.input
+    y, out = dy[0], node.output[0]
+    assert y is not None
+    return [_unbroadcast(ctx, y, a, out) if ctx.needs(a) else None,
+            _unbroadcast(ctx, ctx.g.op("Neg", [y]), b, out) if ctx.needs(b) else None]
+
+
+def _mul_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    a, b = node.input
+    y, out, g = dy[0], node.output[0], ctx.g
+    assert y is not None
+    return [_unbroadcast(ctx, g.op("Mul", [y, b]), a, out) if ctx.needs(a) else None,
+            _unbroadcast(ctx, g.op("Mul", [y, a]), b, out) if ctx.needs(b) else None]
+
+
+def _div_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    a, b = node.input
+    y, out, g = dy[0], node.output[0], ctx.g
+    assert y is not None
+    da = _unbroadcast(ctx, g.op("Div", [y, b]), a, out) if ctx.needs(a) else None
+    db = None
+    if ctx.needs(b):  # d(a/b)/db = -(a/b)/b
+        db = _unbroadcast(ctx, g.op("Neg", [g.op("Div", [g.op("Mul", [y, out]), b])]), b, out)
+    return [da, db]
+
+
+def _neg_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    assert dy[0] is not None
+    return [ctx.g.op("Neg", [dy[0]])]
+
+
+def _identity_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    return [dy[0]]
+
+
+def _relu_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    g, x = ctx.g, node.input[0]
+    assert dy[0] is not None
+    positive = g.op("Cast", [g.op("Greater", [x, g.const_f32(0.0)])], to=onnx.TensorProto.FLOAT)
+    return [g.op("Mul", [dy[0], positive])]
+
+
+def _leaky_relu_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    g, x = ctx.g, node.input[0]
+    assert dy[0] is not None
+    alpha = float(ctx.attrs(node).get("alpha", 0.01))  # type: ignore[arg-type]
+    positive = g.op("Greater", [x, g.const_f32(0.0)])
+    return [g.op("Where", [positive, dy[0], g.op("Mul", [dy[0], g.const_f32(alpha)])])]
+
+
+def _sqrt_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    g = ctx.g
+    assert dy[0] is not None
+    return [g.op("Div", [g.op("Mul", [dy[0], g.const_f32(0.5)]), node.output[0]])]
+
+
+def _reciprocal_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    g, y = ctx.g, node.output[0]
+    assert dy[0] is not None
+    return [g.op("Neg", [g.op("Mul", [dy[0], g.op("Mul", [y, y])])])]
+
+
+def _reshape_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    assert dy[0] is not None
+    x = node.input[0]
+    return [ctx.g.op("Reshape", [dy[0], ctx.g.shape_of(x)])] + [None] * (len(node.input) - 1)
+
+
+def _reduce_mean_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    g, x = ctx.g, node.input[0]
+    assert dy[0] is not None
+    attrs = ctx.attrs(node)
+    rank = len(ctx.shape(x))
+    axes = [a % rank for a in attrs["axes"]]  # type: ignore[attr-defined]
+    count = int(np.prod([ctx.static_dim(x, a) for a in axes]))
+    grad = dy[0]
+    if not attrs.get("keepdims", 1):
+        grad = g.op("Unsqueeze", [grad, g.const_i64(axes)])
+    scaled = g.op("Mul", [grad, g.const_f32(1.0 / count)])
+    return [g.op("Expand", [scaled, g.shape_of(x)])]
+
+
+def _concat_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    g = ctx.g
+    assert dy[0] is not None
+    axis = int(ctx.attrs(node)["axis"])  # type: ignore[call-overload]
+    sizes = [ctx.static_dim(i, axis) for i in node.input]
+    parts = g.op_multi("Split", [dy[0], g.const_i64(sizes)], len(sizes), axis=axis)
+    return [p if ctx.needs(i) else None for p, i in zip(parts, node.input, strict=True)]
+
+
+def _gemm_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    """Y = A @ W^T + C, the Linear layer (transB=1, alpha=beta=1)."""
+    g = ctx.g
+    attrs = ctx.attrs(node)
+    if attrs.get("transA", 0) or attrs.get("transB", 0) != 1 or attrs.get("alpha", 1.0) != 1.0 \
+            or attrs.get("beta", 1.0) != 1.0:
+        raise UnsupportedOpError("Gemm (only transB=1, alpha=beta=1 is differentiated)")
+    a, w, c = node.input
+    y = dy[0]
+    assert y is not None
+    da = g.op("MatMul", [y, w]) if ctx.needs(a) else None
+    dw = dc = None
+    if ctx.needs(w):
+        if ctx.per_example_param(w):
+            dw = g.op("MatMul", [g.op("Unsqueeze", [y, g.const_i64([2])]),
+                                 g.op("Unsqueeze", [a, g.const_i64([1])])])
+        else:
+            dw = g.op("MatMul", [g.op("Transpose", [y], perm=[1, 0]), a])
+    if ctx.needs(c):
+        dc = y if ctx.per_example_param(c) else g.op("ReduceSum", [y, g.const_i64([0])], keepdims=0)
+    return [da, dw, dc]
+
+
+def _im2col(ctx: GradContext, x: str, *, kernel: int, stride: int, padding: int,
+            dilation: int, out_len: int) -> str:
+    """Unfold (N, C, L) into (N, L_out, C*K) with one Gather over precomputed indices."""
+    g = ctx.g
+    channels = ctx.static_dim(x, 1)
+    padded = x
+    if padding:
+        padded = g.op("Pad", [x, g.const_i64([0, 0, padding, 0, 0, padding])])
+    starts = np.arange(out_len, dtype=np.int64)[:, None] * stride
+    index = starts + np.arange(kernel, dtype=np.int64)[None, :] * dilation   # (L_out, K)
+    cols = g.op("Gather", [padded, g.const(index)], axis=2)                    # (N, C, L_out, K)
+    cols = g.op("Transpose", [cols], perm=[0, 2, 1, 3])                         # (N, L_out, C, K)
+    return g.op("Reshape", [cols, g.const_i64([0, out_len, channels * kernel])])
+
+
+def _conv_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    """1-D Conv: input grad by ConvTranspose, weight grad by im2col + MatMul."""
+    g = ctx.g
+    x, w, b = node.input
+    y = dy[0]
+    assert y is not None
+    attrs = ctx.attrs(node)
+    if int(attrs.get("group", 1)) != 1:  # type: ignore[call-overload]
+        raise UnsupportedOpError("Conv (group > 1)")
+    (kernel,) = attrs["kernel_shape"]  # type: ignore[misc]
+    (stride,) = attrs.get("strides", [1])  # type: ignore[misc]
+    (dilation,) = attrs.get("dilations", [1])  # type: ignore[misc]
+    pad_lo, pad_hi = attrs.get("pads", [0, 0])  # type: ignore[misc]
+    if pad_lo != pad_hi:
+        raise UnsupportedOpError("Conv (asymmetric padding)")
+    in_len = ctx.static_dim(x, 2)
+    out_len = ctx.static_dim(node.output[0], 2)
+    out_ch, in_ch = ctx.static_dim(w, 0), ctx.static_dim(w, 1)
+
+    dx = dw = db = None
+    if ctx.needs(x):
+        natural = (out_len - 1) * stride - 2 * pad_lo + dilation * (kernel - 1) + 1
+        dx = g.op("ConvTranspose", [y, w], kernel_shape=[kernel], strides=[stride],
+                  pads=[pad_lo, pad_lo], dilations=[dilation],
+                  output_padding=[in_len - natural])
+    if ctx.needs(w):
+        cols = _im2col(ctx, x, kernel=kernel, stride=stride, padding=pad_lo,
+                       dilation=dilation, out_len=out_len)                     # (N, L_out, CK)
+        if ctx.per_example_param(w):
+            dw = g.op("Reshape", [g.op("MatMul", [y, cols]),
+                                  g.const_i64([-1, out_ch, in_ch, kernel])])
+        else:
+            y2 = g.op("Reshape", [g.op("Transpose", [y], perm=[1, 0, 2]),
+                                  g.const_i64([out_ch, -1])])                   # (O, N*L_out)
+            c2 = g.op("Reshape", [cols, g.const_i64([-1, in_ch * kernel])])     # (N*L_out, CK)
+            dw = g.op("Reshape", [g.op("MatMul", [y2, c2]),
+                                  g.const_i64([out_ch, in_ch, kernel])])
+    if ctx.needs(b):
+        axes = [2] if ctx.per_example_param(b) else [0, 2]
+        db = g.op("ReduceSum", [y, g.const_i64(axes)], keepdims=0)
+    return [dx, dw, db]
+
+
+def _maxpool_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    """Scatter-add into the argmax positions; ORT's Indices are flat over the whole tensor."""
+    g, x = ctx.g, node.input[0]
+    assert dy[0] is not None
+    if len(node.output) < 2:
+        raise ValueError("MaxPool in a training graph must expose its Indices output")
+    flat = g.const_i64([-1])
+    zeros = g.op("ConstantOfShape", [g.shape_of(g.op("Reshape", [x, flat]))])
+    scattered = g.op("ScatterElements", [zeros, g.op("Reshape", [node.output[1], flat]),
+                                         g.op("Reshape", [dy[0], flat])],
+                     axis=0, reduction="add")
+    return [g.op("Reshape", [scattered, g.shape_of(x)])]
+
+
+def _avgpool_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
+    """Spread each output gradient evenly over its window: a depthwise ConvTranspose."""
+    g, x = ctx.g, node.input[0]
+    assert dy[0] is not None
+    attrs = ctx.attrs(node)
+    if any(attrs.get("pads", [0, 0])):  # type: ignore[union-attr]
+        raise UnsupportedOpError("AveragePool (padding)")
+    (kernel,) = attrs["kernel_shape"]  # type: ignore[misc]
+    (stride,) = attrs.get("strides", [1])  # type: ignore[misc]
+    channels = ctx.static_dim(x, 1)
+    in_len, out_len = ctx.static_dim(x, 2), ctx.static_dim(node.output[0], 2)
+    weight = g.const(np.full((channels, 1, kernel), 1.0 / kernel, dtype=np.float32))
+    natural = (out_len - 1) * stride + kernel
+    return [g.op("ConvTranspose", [dy[0], weight], kernel_shape=[kernel], strides=[stride],
+                 group=channels, output_padding=[in_len - natural])]
+
+
+GRAD_RULES: dict[str, GradRule] = {
+    "Add": _add_grad,
+    "Sub": _sub_grad,
+    "Mul": _mul_grad,
+    "Div": _div_grad,
+    "Neg": _neg_grad,
+    "Identity": _identity_grad,
+    "Relu": _relu_grad,
+    "LeakyRelu": _leaky_relu_grad,
+    "Sqrt": _sqrt_grad,
+    "Reciprocal": _reciprocal_grad,
+    "Reshape": _reshape_grad,
+    "Flatten": _reshape_grad,
+    "ReduceMean": _reduce_mean_grad,
+    "Concat": _concat_grad,
+    "Gemm": _gemm_grad,
+    "Conv": _conv_grad,
+    "MaxPool": _maxpool_grad,
+    "AveragePool": _avgpool_grad,
+}

@@ -1,0 +1,1 @@
+"""Command line, simulator, benchmarks and other tooling behind ``fedbeat``."""
