@@ -105,7 +105,7 @@ class Params(Mapping[str, np.ndarray]):
 
     @classmethod
     def from_flat(cls, layout: ParamLayout, vector: np.ndarray) -> Params:
-        """Split a flat vector into named tensors; refuses wrong length, dtype or non-finite values."""
+        """Split a flat vector into named tensors; refuses bad length, dtype or non-finite data."""
         vector = np.asarray(vector)
         if vector.ndim != 1 or vector.size != layout.size:
             raise ParamError(f"flat vector has shape {vector.shape}, layout needs ({layout.size},)")

@@ -15,7 +15,7 @@ WINDOW_SAMPLES: Final = 128
 """Beat window length in samples (about 0.71 s at 180 Hz)."""
 
 R_PEAK_INDEX: Final = 45
-"""Index of the R peak inside the window: 0.25 s of P wave and PR before, 0.46 s of QRS and T after."""
+"""Index of the R peak in the window: 0.25 s (P wave, PR) before it, 0.46 s (QRS, T) after."""
 
 RR_FEATURES: Final = (
     "pre_rr_s",

@@ -46,7 +46,8 @@ class Architecture:
         for node in self.nodes:
             missing = [i for i in node.inputs if i not in seen]
             if missing:
-                raise ValueError(f"{self.name}: node {node.name!r} reads {missing} before they exist")
+                raise ValueError(f"{self.name}: node {node.name!r} reads {missing} "
+                                 "before they exist")
             if node.name in seen:
                 raise ValueError(f"{self.name}: duplicate node name {node.name!r}")
             seen.add(node.name)

@@ -64,6 +64,17 @@ class GradContext:
             self._attr_cache[key] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         return self._attr_cache[key]
 
+    def ints(self, node: onnx.NodeProto, name: str, default: Sequence[int]) -> list[int]:
+        value = self.attrs(node).get(name, list(default))
+        return [int(v) for v in value]  # type: ignore[attr-defined]
+
+    def int_attr(self, node: onnx.NodeProto, name: str, default: int) -> int:
+        value: int = self.attrs(node).get(name, default)  # type: ignore[assignment]
+        return int(value)
+
+    def float_attr(self, node: onnx.NodeProto, name: str, default: float) -> float:
+        return float(self.attrs(node).get(name, default))  # type: ignore[arg-type]
+
     def per_example_param(self, tensor: str) -> bool:
         return self.per_example and tensor in self.params
 
@@ -84,13 +95,20 @@ def _unbroadcast(ctx: GradContext, grad: str, target: str, out: str) -> str:
             raise ValueError(f"parameter {target!r} spans the batch axis; cannot keep it")
         axes = [a for a in axes if a != 0]
         reduced = g.op("ReduceSum", [grad, g.const_i64(axes)], keepdims=1) if axes else grad
-        return g.op("Reshape", [reduced, g.const_i64([-1, *in_shape])])
+        return g.op("Reshape", [reduced, g.const_i64([-1, *_static(in_shape, target)])])
     if not axes:
         return grad
     reduced = g.op("ReduceSum", [grad, g.const_i64(axes)], keepdims=1)
     if all(isinstance(d, int) for d in in_shape):
-        return g.op("Reshape", [reduced, g.const_i64(list(in_shape))])  # type: ignore[arg-type]
+        return g.op("Reshape", [reduced, g.const_i64(_static(in_shape, target))])
     return g.op("Reshape", [reduced, g.shape_of(target)])
+
+
+def _static(shape: Shape, tensor: str) -> list[int]:
+    dims = [d for d in shape if isinstance(d, int)]
+    if len(dims) != len(shape):
+        raise ValueError(f"tensor {tensor!r} needs a fully static shape, has {shape}")
+    return dims
 
 
 def _add_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
@@ -147,7 +165,7 @@ def _relu_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> li
 def _leaky_relu_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
     g, x = ctx.g, node.input[0]
     assert dy[0] is not None
-    alpha = float(ctx.attrs(node).get("alpha", 0.01))  # type: ignore[arg-type]
+    alpha = ctx.float_attr(node, "alpha", 0.01)
     positive = g.op("Greater", [x, g.const_f32(0.0)])
     return [g.op("Where", [positive, dy[0], g.op("Mul", [dy[0], g.const_f32(alpha)])])]
 
@@ -173,12 +191,11 @@ def _reshape_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) ->
 def _reduce_mean_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
     g, x = ctx.g, node.input[0]
     assert dy[0] is not None
-    attrs = ctx.attrs(node)
     rank = len(ctx.shape(x))
-    axes = [a % rank for a in attrs["axes"]]  # type: ignore[attr-defined]
+    axes = [a % rank for a in ctx.ints(node, "axes", [])]
     count = int(np.prod([ctx.static_dim(x, a) for a in axes]))
     grad = dy[0]
-    if not attrs.get("keepdims", 1):
+    if not ctx.int_attr(node, "keepdims", 1):
         grad = g.op("Unsqueeze", [grad, g.const_i64(axes)])
     scaled = g.op("Mul", [grad, g.const_f32(1.0 / count)])
     return [g.op("Expand", [scaled, g.shape_of(x)])]
@@ -187,7 +204,7 @@ def _reduce_mean_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]
 def _concat_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
     g = ctx.g
     assert dy[0] is not None
-    axis = int(ctx.attrs(node)["axis"])  # type: ignore[call-overload]
+    axis = ctx.int_attr(node, "axis", 0)
     sizes = [ctx.static_dim(i, axis) for i in node.input]
     parts = g.op_multi("Split", [dy[0], g.const_i64(sizes)], len(sizes), axis=axis)
     return [p if ctx.needs(i) else None for p, i in zip(parts, node.input, strict=True)]
@@ -196,9 +213,9 @@ def _concat_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> 
 def _gemm_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
     """Y = A @ W^T + C, the Linear layer (transB=1, alpha=beta=1)."""
     g = ctx.g
-    attrs = ctx.attrs(node)
-    if attrs.get("transA", 0) or attrs.get("transB", 0) != 1 or attrs.get("alpha", 1.0) != 1.0 \
-            or attrs.get("beta", 1.0) != 1.0:
+    if (ctx.int_attr(node, "transA", 0) or ctx.int_attr(node, "transB", 0) != 1
+            or ctx.float_attr(node, "alpha", 1.0) != 1.0
+            or ctx.float_attr(node, "beta", 1.0) != 1.0):
         raise UnsupportedOpError("Gemm (only transB=1, alpha=beta=1 is differentiated)")
     a, w, c = node.input
     y = dy[0]
@@ -237,13 +254,12 @@ def _conv_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> li
     x, w, b = node.input
     y = dy[0]
     assert y is not None
-    attrs = ctx.attrs(node)
-    if int(attrs.get("group", 1)) != 1:  # type: ignore[call-overload]
+    if ctx.int_attr(node, "group", 1) != 1:
         raise UnsupportedOpError("Conv (group > 1)")
-    (kernel,) = attrs["kernel_shape"]  # type: ignore[misc]
-    (stride,) = attrs.get("strides", [1])  # type: ignore[misc]
-    (dilation,) = attrs.get("dilations", [1])  # type: ignore[misc]
-    pad_lo, pad_hi = attrs.get("pads", [0, 0])  # type: ignore[misc]
+    (kernel,) = ctx.ints(node, "kernel_shape", [])
+    (stride,) = ctx.ints(node, "strides", [1])
+    (dilation,) = ctx.ints(node, "dilations", [1])
+    pad_lo, pad_hi = ctx.ints(node, "pads", [0, 0])
     if pad_lo != pad_hi:
         raise UnsupportedOpError("Conv (asymmetric padding)")
     in_len = ctx.static_dim(x, 2)
@@ -292,11 +308,10 @@ def _avgpool_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) ->
     """Spread each output gradient evenly over its window: a depthwise ConvTranspose."""
     g, x = ctx.g, node.input[0]
     assert dy[0] is not None
-    attrs = ctx.attrs(node)
-    if any(attrs.get("pads", [0, 0])):  # type: ignore[union-attr]
+    if any(ctx.ints(node, "pads", [0, 0])):
         raise UnsupportedOpError("AveragePool (padding)")
-    (kernel,) = attrs["kernel_shape"]  # type: ignore[misc]
-    (stride,) = attrs.get("strides", [1])  # type: ignore[misc]
+    (kernel,) = ctx.ints(node, "kernel_shape", [])
+    (stride,) = ctx.ints(node, "strides", [1])
     channels = ctx.static_dim(x, 1)
     in_len, out_len = ctx.static_dim(x, 2), ctx.static_dim(node.output[0], 2)
     weight = g.const(np.full((channels, 1, kernel), 1.0 / kernel, dtype=np.float32))

@@ -1,0 +1,1 @@
+"""ECG signal to labelled beats: records, RR features, beat windows, synthetic patients."""

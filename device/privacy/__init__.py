@@ -1,0 +1,1 @@
+"""Local differential privacy on the device: noise sources (and, later, the accountant)."""

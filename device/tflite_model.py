@@ -1,0 +1,147 @@
+"""Run an exported fedbeat ``.tflite`` model on a device.
+
+The interpreter comes from ``ai-edge-litert`` (the maintained TFLite runtime) or, failing that,
+the older ``tflite-runtime`` wheel still found on some boards. Neither onnx, torch nor
+TensorFlow is imported here. Models exported with a dynamic batch run a whole batch at once;
+fixed-batch models (batch 1, the wearable case) run the examples one at a time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INPUT_WINDOW = "window"
+INPUT_RR = "rr"
+OUTPUT_LOGITS = "logits"
+OUTPUT_PROBS = "probs"
+
+RUNTIMES: dict[str, str] = {
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+}
+"""Interpreter modules by runtime name, in order of preference."""
+
+
+class TFLiteRuntimeMissingError(ImportError):
+    """No TFLite interpreter package is installed."""
+
+
+def load_interpreter_class(runtime: str = "auto") -> Any:
+    """Return an ``Interpreter`` class from ``runtime`` ("auto" tries each of :data:`RUNTIMES`).
+
+    Raises
+    ------
+    TFLiteRuntimeMissingError
+        If the requested runtime (or, for "auto", every runtime) cannot be imported.
+    ValueError
+        For an unknown runtime name.
+    """
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise ValueError(f"unknown TFLite runtime {runtime!r}; choose auto or one of "
+                         f"{', '.join(RUNTIMES)}")
+    names = list(RUNTIMES) if runtime == "auto" else [runtime]
+    for name in names:
+        try:
+            module = importlib.import_module(RUNTIMES[name])
+        except ImportError:
+            continue
+        return module.Interpreter
+    raise TFLiteRuntimeMissingError(
+        f"no TFLite interpreter found (tried {', '.join(RUNTIMES[n] for n in names)}); "
+        "install one with: pip install 'fedbeat[tflite]'")
+
+
+class TFLiteModel:
+    """A fedbeat TFLite classifier: beat windows plus RR features in, class probabilities out.
+
+    Parameters
+    ----------
+    path_or_bytes
+        The ``.tflite`` file, or its contents.
+    threads
+        Interpreter threads (1 suits a wearable; more only helps large batches).
+    runtime
+        "auto" (ai-edge-litert, else tflite-runtime) or a name from :data:`RUNTIMES`.
+    """
+
+    def __init__(self, path_or_bytes: str | Path | bytes, *, threads: int = 1,
+                 runtime: str = "auto") -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        interpreter_class = load_interpreter_class(runtime)
+        if isinstance(path_or_bytes, bytes | bytearray):
+            self._interpreter = interpreter_class(model_content=bytes(path_or_bytes),
+                                                  num_threads=threads)
+        else:
+            self._interpreter = interpreter_class(model_path=str(path_or_bytes),
+                                                  num_threads=threads)
+        self._inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
+        self._outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
+        missing = {INPUT_WINDOW, INPUT_RR} - set(self._inputs)
+        missing |= {OUTPUT_LOGITS, OUTPUT_PROBS} - set(self._outputs)
+        if missing:
+            raise ValueError(f"not a fedbeat model: tensors {sorted(missing)} are missing")
+        window_shape = self._inputs[INPUT_WINDOW]["shape"]
+        self.window_samples = int(window_shape[-1])
+        self.rr_features = int(self._inputs[INPUT_RR]["shape"][-1])
+        self.num_classes = int(self._outputs[OUTPUT_PROBS]["shape"][-1])
+        signature = self._inputs[INPUT_WINDOW].get("shape_signature", window_shape)
+        self.dynamic_batch = int(signature[0]) == -1
+        self._batch = int(window_shape[0])
+        self._interpreter.allocate_tensors()
+
+    def predict(self, window: np.ndarray, rr: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n, classes), for windows (n, 1, T) and RR (n, F)."""
+        return self._run(window, rr, OUTPUT_PROBS)
+
+    def predict_logits(self, window: np.ndarray, rr: np.ndarray) -> np.ndarray:
+        """Logits, shape (n, classes), for windows (n, 1, T) and RR features (n, F)."""
+        return self._run(window, rr, OUTPUT_LOGITS)
+
+    def _run(self, window: np.ndarray, rr: np.ndarray, output: str) -> np.ndarray:
+        window, rr = self._validate(window, rr)
+        n = window.shape[0]
+        if n == 0:
+            return np.empty((0, self.num_classes), dtype=np.float32)
+        if self.dynamic_batch:
+            return self._invoke(window, rr, output)
+        return np.concatenate([self._invoke(window[i:i + 1], rr[i:i + 1], output)
+                               for i in range(n)])
+
+    def _validate(self, window: np.ndarray, rr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        window, rr = np.asarray(window), np.asarray(rr)
+        for label, array in ((INPUT_WINDOW, window), (INPUT_RR, rr)):
+            if not np.issubdtype(array.dtype, np.floating):
+                raise ValueError(f"{label} must hold floating-point values, got {array.dtype}")
+        if window.ndim != 3 or window.shape[1:] != (1, self.window_samples):
+            raise ValueError(f"window must have shape (n, 1, {self.window_samples}), "
+                             f"got {window.shape}")
+        if rr.ndim != 2 or rr.shape[1] != self.rr_features:
+            raise ValueError(f"rr must have shape (n, {self.rr_features}), got {rr.shape}")
+        if rr.shape[0] != window.shape[0]:
+            raise ValueError(f"window has {window.shape[0]} examples but rr has {rr.shape[0]}")
+        return (np.ascontiguousarray(window, dtype=np.float32),
+                np.ascontiguousarray(rr, dtype=np.float32))
+
+    def _resize(self, n: int) -> None:
+        """Give the interpreter batch ``n`` (only reallocates when the batch changes)."""
+        if n == self._batch:
+            return
+        self._interpreter.resize_tensor_input(self._inputs[INPUT_WINDOW]["index"],
+                                              [n, 1, self.window_samples])
+        self._interpreter.resize_tensor_input(self._inputs[INPUT_RR]["index"],
+                                              [n, self.rr_features])
+        self._interpreter.allocate_tensors()
+        self._batch = n
+
+    def _invoke(self, window: np.ndarray, rr: np.ndarray, output: str) -> np.ndarray:
+        self._resize(window.shape[0])
+        self._interpreter.set_tensor(self._inputs[INPUT_WINDOW]["index"], window)
+        self._interpreter.set_tensor(self._inputs[INPUT_RR]["index"], rr)
+        self._interpreter.invoke()
+        result = self._interpreter.get_tensor(self._outputs[output]["index"])
+        return np.array(result, dtype=np.float32)

@@ -1,0 +1,54 @@
+"""The ``fedbeat`` command line: one entry point for every role.
+
+Command groups appear here as they are built (``model``, ``bench`` today; ``data``, ``device``,
+``aggregator``, ``broker``, ``keys``, ``simulate`` and ``bundle`` as their issues land).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from fedbeat import __version__
+from fedbeat.tools.errors import USER_ERRORS
+
+
+class FedbeatGroup(click.Group):
+    """A click group that shows user errors as one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=FedbeatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fedbeat")
+def cli() -> None:
+    """Privacy-preserving federated learning for ECG arrhythmia detection.
+
+    \b
+    Typical first steps:
+      fedbeat model build --model ecg-cnn-s --out models/ecg-cnn-s
+      fedbeat model train models/ecg-cnn-s        # synthetic data unless --data
+      fedbeat bench train --model ecg-cnn-m --json
+    """
+
+
+def _register() -> None:
+    from fedbeat.tools.cli_bench import bench
+    from fedbeat.tools.cli_model import model
+
+    cli.add_command(model)
+    cli.add_command(bench)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(prog_name="fedbeat", standalone_mode=True))

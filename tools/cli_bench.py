@@ -1,0 +1,19 @@
+"""``fedbeat bench``: side-by-side performance measurements."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def bench() -> None:
+    """Measure fedbeat against baselines, side by side in one run."""
+
+
+def _register() -> None:
+    from fedbeat.tools.bench_train import train
+
+    bench.add_command(train)
+
+
+_register()

@@ -1,0 +1,21 @@
+"""Errors a person can act on, and how the CLI shows them.
+
+Each domain keeps its own exception type (``ModelFileError``, ``InvalidBeatsError``, …); the
+CLI turns exactly these into a one-line message and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+from fedbeat.device.beats import InvalidBeatsError
+from fedbeat.models.manifest import ModelFileError
+from fedbeat.models.params import ParamError
+from fedbeat.models.zoo import UnknownModelError
+
+
+class UsageError(Exception):
+    """A command was asked for something it cannot do; the message says what to do instead."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UsageError, ModelFileError, InvalidBeatsError, ParamError, UnknownModelError,
+)
