@@ -59,5 +59,20 @@ class SessionCache:
 
     def get(self, role: str) -> GraphRunner:
         if role not in self._runners:
-            self._runners[role] = GraphRunner(self.model_dir.file(role), self.threads)
+            runner = GraphRunner(self.model_dir.file(role), self.threads)
+            _check_parameter_inputs(runner, self.model_dir, role)
+            self._runners[role] = runner
         return self._runners[role]
+
+
+def _check_parameter_inputs(runner: GraphRunner, model_dir: ModelDir, role: str) -> None:
+    """Refuse a graph whose parameter inputs differ from the manifest's layout.
+
+    The hashes prove the files are the ones the manifest lists; this proves the manifest and
+    the graphs agree, so a hand-assembled directory fails here and not mid-training.
+    """
+    for name, shape in model_dir.manifest.layout.entries:
+        if name not in runner.input_names or tuple(runner._input_shapes[name]) != shape:
+            raise ModelFileError(f"{role} graph does not take parameter {name!r} with shape "
+                                 f"{shape}: it was built for another model; rebuild the "
+                                 "directory with `fedbeat model build`")

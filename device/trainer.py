@@ -25,7 +25,7 @@ import numpy as np
 from fedbeat.device.beats import Beats, InvalidBeatsError
 from fedbeat.device.privacy.noise import RandomSource, SecureRandom
 from fedbeat.device.sessions import GraphRunner, SessionCache
-from fedbeat.models.manifest import ModelDir, load_model_dir
+from fedbeat.models.manifest import ModelDir, ModelFileError, load_model_dir
 from fedbeat.models.params import Params
 
 Progress = Callable[[int, int], None]
@@ -163,8 +163,10 @@ class Trainer:
         if beats.labels is None or len(beats) == 0:
             raise InvalidBeatsError("training needs at least one labelled beat")
         if config.optimizer not in self.manifest.optimizers:
-            raise ValueError(f"model directory was built without optimizer "
-                             f"{config.optimizer!r} (has {', '.join(self.manifest.optimizers)})")
+            raise ModelFileError(f"model directory was built without optimizer "
+                                 f"{config.optimizer!r} (has "
+                                 f"{', '.join(self.manifest.optimizers)}); rebuild it with "
+                                 f"`fedbeat model build --optimizer {config.optimizer}`")
         start = self.params
         if dp is None:
             result = self._fit_plain(beats, config, progress)

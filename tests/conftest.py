@@ -29,3 +29,16 @@ def mitdb_dir() -> Path:
         pytest.skip(f"MIT-BIH data not found: set {DATA_ENV} to a directory holding mitdb/ "
                     "(e.g. the shared data bundle) to run this test")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both reference models built once per test session (graphs need the ``onnx`` extra)."""
+    from fedbeat.models.graph.export import build_model_dir
+
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for name in ("ecg-cnn-s", "ecg-cnn-m"):
+        build_model_dir(name, root / name, seed=0)
+        dirs[name] = root / name
+    return dirs

@@ -27,7 +27,7 @@ def class_recall(matrix: np.ndarray) -> dict[str, float | None]:
 
 
 def balanced_class_weight(labels: np.ndarray, num_classes: int = len(CLASSES), *,
-                          cap: float = 50.0) -> tuple[float, ...]:
+                          cap: float = 10.0) -> tuple[float, ...]:
     """Inverse-frequency weights ``n / (k * n_c)``, capped so a handful of beats cannot dominate.
 
     Classes absent from ``labels`` get weight 0 (they contribute no examples anyway).

@@ -1,0 +1,82 @@
+"""The fedbeat command line: results as JSON, clear errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fedbeat.tools.cli import cli
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_help_lists_only_built_groups() -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    assert "model" in out
+    assert "bench" in out
+    assert "simulate" not in out
+
+
+def test_model_list_json() -> None:
+    code, out, _ = run("model", "list", "--json")
+    rows = {r["model"]: r["params"] for r in json.loads(out)}
+    assert code == 0
+    assert rows["ecg-cnn-s"] <= 10_000
+    assert 30_000 <= rows["ecg-cnn-m"] <= 100_000
+
+
+def test_build_info_train_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
+    model_dir = tmp_path / "m"
+    code, out, _ = run("model", "build", "--model", "ecg-cnn-s", "--out", str(model_dir),
+                       "--optimizer", "sgd", "--json")
+    assert code == 0
+    assert json.loads(out)["num_params"] == 4973
+    code, out, _ = run("model", "info", str(model_dir), "--json")
+    assert code == 0
+    assert json.loads(out)["optimizers"] == ["sgd"]
+    code, out, _ = run("model", "train", str(model_dir), "--epochs", "1", "--json",
+                       "--out", str(tmp_path / "trained.bin"))
+    summary = json.loads(out)
+    assert code == 0
+    assert summary["synthetic"] is True
+    assert "SYNTHETIC" in summary["data"]
+    assert summary["loss_last"] < summary["loss_first"]
+    assert (tmp_path / "trained.bin").stat().st_size == 4 * 4973
+
+
+def test_unknown_model_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = run("model", "build", "--model", "nope", "--out", str(tmp_path))
+    assert code == 2
+    assert "ecg-cnn-s" in err
+
+
+def test_broken_model_dir_is_one_clear_line(tmp_path: Path) -> None:
+    code, _, err = run("model", "info", str(tmp_path))
+    assert code == 1
+    assert "fedbeat model build" in err
+    assert "Traceback" not in err
+
+
+def test_optimizer_not_built_is_explained(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
+    run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"),
+        "--optimizer", "sgd")
+    code, _, err = run("model", "train", str(tmp_path / "m"), "--optimizer", "adam")
+    assert code == 1
+    assert "without optimizer 'adam'" in err
+
+
+def test_missing_data_dir_is_explained(tmp_path: Path) -> None:
+    run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"))
+    code, _, err = run("model", "train", str(tmp_path / "m"), "--data", str(tmp_path))
+    assert code == 1
+    assert "no MIT-BIH records" in err
