@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,18 +100,36 @@ class DpSgdReport:
     clip_norm: float
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Run:
+    """What a training loop produced, before it is turned into a :class:`FitResult`."""
+
+    params: dict[str, np.ndarray]
+    losses: np.ndarray
+    examples_seen: int
+    dp: DpSgdReport | None = None
+    clipped_fraction: float | None = None
+
+
+@dataclass(frozen=True)
 class FitResult:
-    """New parameters, the update (new − start) that leaves the device, and step losses."""
+    """New parameters, the update (new − start) that leaves the device, and step losses.
+
+    ``losses`` has one entry per step (NaN for a DP-SGD step whose Poisson sample was empty).
+    ``clipped_fraction`` is, under DP-SGD, the share of sampled examples whose gradient norm
+    exceeded the clipping bound: a diagnostic for choosing ``clip_norm``.
+    """
 
     params: Params
     update: Params
     losses: np.ndarray
-    steps: int
     examples_seen: int
     dp: DpSgdReport | None = None
     clipped_fraction: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return int(self.losses.size)
 
 
 def uniform_class_weight(num_classes: int) -> np.ndarray:
@@ -169,12 +187,12 @@ class Trainer:
                                  f"`fedbeat model build --optimizer {config.optimizer}`")
         start = self.params
         if dp is None:
-            result = self._fit_plain(beats, config, progress)
+            run = self._fit_plain(beats, config, progress)
         else:
-            result = self._fit_dpsgd(beats, config, dp, noise or SecureRandom(), progress)
-        self.params = result.params
-        result.update = result.params - start
-        return result
+            run = self._fit_dpsgd(beats, config, dp, noise or SecureRandom(), progress)
+        self.params = Params(start.layout, run.params)
+        return FitResult(self.params, self.params - start, run.losses, run.examples_seen,
+                         run.dp, run.clipped_fraction)
 
     def predict(self, beats: Beats, *, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, shape (n, classes), with the current parameters."""
@@ -221,7 +239,7 @@ class Trainer:
                 for slot in _STATE_SLOTS[optimizer]}
 
     def _fit_plain(self, beats: Beats, config: TrainConfig,
-                   progress: Progress | None) -> FitResult:
+                   progress: Progress | None) -> _Run:
         runner = self.sessions.get(f"train_{config.optimizer}")
         rng = np.random.default_rng(config.seed)
         feed = self._constant_feed(config, runner, self.params)
@@ -249,11 +267,10 @@ class Trainer:
                 step += 1
                 if progress:
                     progress(step, total)
-        return FitResult(Params(self.params.layout, params), self.params, losses, step,
-                         n * config.epochs)
+        return _Run(params, losses, n * config.epochs)
 
     def _fit_dpsgd(self, beats: Beats, config: TrainConfig, dp: DpSgdConfig,
-                   noise: RandomSource, progress: Progress | None) -> FitResult:
+                   noise: RandomSource, progress: Progress | None) -> _Run:
         grad_runner = self.sessions.get("dpsgd")
         apply_runner = self.sessions.get(f"apply_{config.optimizer}")
         rng = np.random.default_rng(config.seed)       # dropout masks only: not privacy-critical
@@ -296,5 +313,4 @@ class Trainer:
             if progress:
                 progress(step + 1, total)
         report = DpSgdReport(dp.noise_multiplier, q, total, dp.clip_norm)
-        return FitResult(Params(self.params.layout, params), self.params, losses, total, seen,
-                         dp=report, clipped_fraction=clipped / seen if seen else 0.0)
+        return _Run(params, losses, seen, report, clipped / seen if seen else 0.0)
