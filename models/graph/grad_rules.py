@@ -90,8 +90,9 @@ def _unbroadcast(ctx: GradContext, grad: str, target: str, out: str) -> str:
     axes = [a for a in range(lead)]
     axes += [lead + i for i, d in enumerate(in_shape) if d == 1 and out_shape[lead + i] != 1]
     if ctx.per_example_param(target):
-        # Keep the batch axis: the parameter lines up with the trailing axes of `out`.
-        if lead < 1:
+        # Keep the batch axis: the parameter lines up with the trailing axes of `out`, or
+        # has size 1 on the batch axis.
+        if lead < 1 and in_shape[0] != 1:
             raise ValueError(f"parameter {target!r} spans the batch axis; cannot keep it")
         axes = [a for a in axes if a != 0]
         reduced = g.op("ReduceSum", [grad, g.const_i64(axes)], keepdims=1) if axes else grad
