@@ -158,9 +158,15 @@ class MaxPool1d(_NoParams):
     stride: int | None = None
 
     def emit(self, g: GraphBuilder, name: str, inputs: list[str], *, training: bool) -> str:
-        # The Indices output is what the backward pass scatters gradients through.
-        return g.op("MaxPool", inputs[:1], name=name, n_outputs=2 if training else 1,
-                    kernel_shape=[self.kernel], strides=[self.stride or self.kernel])
+        from fedbeat.models.graph.grad_rules import maxpool_tiles
+
+        stride = self.stride or self.kernel
+        # Overlapping windows need the Indices output to scatter gradients back through;
+        # tiling windows are differentiated from the input alone, which is cheaper.
+        indices = training and not maxpool_tiles(self.kernel, stride,
+                                                 int(g.known_shapes[inputs[0]][2]))
+        return g.op("MaxPool", inputs[:1], name=name, n_outputs=2 if indices else 1,
+                    kernel_shape=[self.kernel], strides=[stride])
 
 
 @dataclass(frozen=True)

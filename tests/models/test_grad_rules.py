@@ -268,11 +268,14 @@ CONV_CASES = [
 ]
 
 
-def _pool(op: str, kernel: int, stride: int, length: int) -> OpCase:
-    outputs = 2 if op == "MaxPool" else 1           # training graphs expose MaxPool's Indices
+def _pool(op: str, kernel: int, stride: int, length: int, *, indices: bool = True) -> OpCase:
+    # MaxPool is differentiated through its Indices output, or, when the windows tile the
+    # input, from an ArgMax over the reshaped input (no Indices output).
+    outputs = 2 if op == "MaxPool" and indices else 1
     fn = (torch.nn.functional.max_pool1d if op == "MaxPool"
           else torch.nn.functional.avg_pool1d)
-    return OpCase(op, f"k{kernel}s{stride}L{length}", {"x": (N, C, length)},
+    label = f"k{kernel}s{stride}L{length}" + ("" if indices or op != "MaxPool" else "-tiled")
+    return OpCase(op, label, {"x": (N, C, length)},
                   lambda g: g.op(op, ["x"], n_outputs=outputs, kernel_shape=[kernel],
                                  strides=[stride]),
                   lambda t: fn(t["x"], kernel, stride))
@@ -282,6 +285,8 @@ POOL_SHAPES = [(2, 2, 16), (2, 2, 17), (3, 2, 15), (3, 2, 16), (3, 3, 16), (2, 3
                (3, 3, 18)]
 POOL_CASES = [_pool(op, k, s, length) for op in ("MaxPool", "AveragePool")
               for k, s, length in POOL_SHAPES]
+POOL_CASES += [_pool("MaxPool", k, s, length, indices=False) for k, s, length in POOL_SHAPES
+               if k == s and length % k == 0]
 
 CASES = [*BINARY_CASES, SQUARE_CASE, *UNARY_CASES, *SHAPE_CASES, *CONCAT_CASES, GEMM_CASE,
          *CONV_CASES, *POOL_CASES]
@@ -411,8 +416,21 @@ def test_parameter_without_influence_raises() -> None:
         _differentiate(_data_then_param("Relu"), ["w", "unused"], inputs)
 
 
-def test_maxpool_without_indices_raises() -> None:
+def test_overlapping_maxpool_without_indices_raises() -> None:
     inputs: dict[str, Shape] = {"x": (BATCH_DIM, 4, 12), "w": (4, 1)}
     with pytest.raises(ValueError, match="Indices"):
-        _differentiate(lambda g: g.op("MaxPool", [g.op("Mul", ["x", "w"])], kernel_shape=[2]),
+        _differentiate(lambda g: g.op("MaxPool", [g.op("Mul", ["x", "w"])], kernel_shape=[3],
+                                      strides=[2]),
                        ["w"], inputs)
+
+
+def test_tiled_maxpool_sends_ties_to_the_first_maximum_like_torch() -> None:
+    """After a ReLU, pooling windows often hold equal zeros; torch routes to the first."""
+    case = _pool("MaxPool", 2, 2, 8, indices=False)
+    x = np.zeros((N, C, 8), dtype=np.float32)
+    x[:, :, ::4] = 1.0                                   # windows (1, 0), (0, 0), (1, 0), (0, 0)
+    upstream = np.arange(N * C * 4, dtype=np.float32).reshape(N, C, 4) + 1
+    _, grads = ort_gradients(case, {"x": x}, upstream, wrt=["x"], per_example=False)
+    leaf = f64(x).requires_grad_(True)
+    torch.nn.functional.max_pool1d(leaf, 2, 2).backward(f64(upstream))
+    np.testing.assert_array_equal(grads["x"], leaf.grad.numpy())
