@@ -66,13 +66,13 @@ class SessionCache:
 
 
 def _check_parameter_inputs(runner: GraphRunner, model_dir: ModelDir, role: str) -> None:
-    """Refuse a graph whose parameter inputs differ from the manifest's layout.
+    """Refuse a graph whose parameter input differs from the manifest's layout.
 
     The hashes prove the files are the ones the manifest lists; this proves the manifest and
     the graphs agree, so a hand-assembled directory fails here and not mid-training.
     """
-    for name, shape in model_dir.manifest.layout.entries:
-        if name not in runner.input_names or tuple(runner._input_shapes[name]) != shape:
-            raise ModelFileError(f"{role} graph does not take parameter {name!r} with shape "
-                                 f"{shape}: it was built for another model; rebuild the "
-                                 "directory with `fedbeat model build`")
+    size = model_dir.manifest.layout.size
+    if "params" not in runner.input_names or tuple(runner._input_shapes["params"]) != (size,):
+        raise ModelFileError(f"{role} graph does not take the {size} parameters of this "
+                             "model's layout: it was built for another model; rebuild the "
+                             "directory with `fedbeat model build`")

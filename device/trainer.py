@@ -33,6 +33,12 @@ Progress = Callable[[int, int], None]
 
 _STATE_SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
                 "adamw": ("exp_avg", "exp_avg_sq")}
+_PARAMS = "params"
+_GLOBAL = "global_params"
+
+
+class TrainingDivergedError(ArithmeticError):
+    """Training produced non-finite parameters (usually a learning rate that is too high)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ class DpSgdReport:
 class _Run:
     """What a training loop produced, before it is turned into a :class:`FitResult`."""
 
-    params: dict[str, np.ndarray]
+    params: np.ndarray
     losses: np.ndarray
     examples_seen: int
     dp: DpSgdReport | None = None
@@ -190,15 +196,19 @@ class Trainer:
             run = self._fit_plain(beats, config, progress)
         else:
             run = self._fit_dpsgd(beats, config, dp, noise or SecureRandom(), progress)
-        self.params = Params(start.layout, run.params)
+        if not np.all(np.isfinite(run.params)):
+            raise TrainingDivergedError("training diverged: parameters became NaN or infinite; "
+                                        "lower the learning rate (or the clipping norm)")
+        self.params = Params.from_flat(start.layout, run.params)
         return FitResult(self.params, self.params - start, run.losses, run.examples_seen,
                          run.dp, run.clipped_fraction)
 
     def predict(self, beats: Beats, *, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, shape (n, classes), with the current parameters."""
         runner = self.sessions.get("inference")
+        flat = self.params.to_flat()
         out = [runner.run({"window": beats.windows[i:i + batch_size],
-                           "rr": beats.rr[i:i + batch_size], **self.params})["probs"]
+                           "rr": beats.rr[i:i + batch_size], _PARAMS: flat})["probs"]
                for i in range(0, len(beats), batch_size)]
         if not out:
             return np.zeros((0, len(self.manifest.inputs.classes)), dtype=np.float32)
@@ -219,7 +229,7 @@ class Trainer:
         if weights.shape != (len(self.manifest.inputs.classes),):
             raise ValueError(f"class_weight needs {len(self.manifest.inputs.classes)} values")
         feed["class_weight"] = weights
-        feed.update({f"global.{n}": v for n, v in start.items()})
+        feed[_GLOBAL] = start.to_flat()
         return feed
 
     def _dropout_masks(self, runner: GraphRunner, rng: np.random.Generator,
@@ -235,7 +245,8 @@ class Trainer:
         return masks
 
     def _initial_state(self, optimizer: str) -> dict[str, np.ndarray]:
-        return {f"{n}.{slot}": np.zeros_like(v) for n, v in self.params.items()
+        size = self.params.layout.size
+        return {f"state.{slot}": np.zeros(size, dtype=np.float32)
                 for slot in _STATE_SLOTS[optimizer]}
 
     def _fit_plain(self, beats: Beats, config: TrainConfig,
@@ -243,7 +254,7 @@ class Trainer:
         runner = self.sessions.get(f"train_{config.optimizer}")
         rng = np.random.default_rng(config.seed)
         feed = self._constant_feed(config, runner, self.params)
-        params = dict(self.params)
+        params = self.params.to_flat()
         state = self._initial_state(config.optimizer)
         n = len(beats)
         per_epoch = math.ceil(n / config.batch_size)
@@ -258,10 +269,10 @@ class Trainer:
                 feed.update(window=beats.windows[idx], rr=beats.rr[idx], labels=beats.labels[idx],
                             step=np.asarray(step + 1, dtype=np.float32))
                 feed.update(self._dropout_masks(runner, rng, len(idx)))
-                feed.update(params)
+                feed[_PARAMS] = params
                 feed.update(state)
                 out = runner.run(feed)
-                params = {k: out[f"new.{k}"] for k in params}
+                params = out[f"new.{_PARAMS}"]
                 state = {k: out[f"new.{k}"] for k in state}
                 losses[step] = out["loss"]
                 step += 1
@@ -281,7 +292,7 @@ class Trainer:
         grad_feed = self._constant_feed(config, grad_runner, self.params)
         grad_feed["clip_norm"] = np.asarray(dp.clip_norm, dtype=np.float32)
         apply_feed = self._constant_feed(config, apply_runner, self.params)
-        params = dict(self.params)
+        params = self.params.to_flat()
         state = self._initial_state(config.optimizer)
         std = dp.noise_multiplier * dp.clip_norm
         losses = np.full(total, np.nan, dtype=np.float32)
@@ -293,22 +304,21 @@ class Trainer:
                 grad_feed.update(window=beats.windows[idx], rr=beats.rr[idx],
                                  labels=beats.labels[idx])
                 grad_feed.update(self._dropout_masks(grad_runner, rng, idx.size))
-                grad_feed.update(params)
+                grad_feed[_PARAMS] = params
                 out = grad_runner.run(grad_feed)
-                sums = {k: out[f"clipped_sum.{k}"] for k in params}
+                total_grad = out["clipped_sum"]
                 losses[step] = out["loss"]
                 clipped += int(np.count_nonzero(out["per_example_norm"] > dp.clip_norm))
                 seen += idx.size
             else:                                               # an empty sample still noises
-                sums = {k: np.zeros_like(v) for k, v in params.items()}
-            for k, total_grad in sums.items():
-                noisy = total_grad + noise.normal(total_grad.shape, std)
-                apply_feed[f"grad.{k}"] = (noisy / expected_batch).astype(np.float32)
-            apply_feed.update(params)
+                total_grad = np.zeros_like(params)
+            noisy = total_grad + noise.normal(total_grad.shape, std)
+            apply_feed["grad"] = (noisy / expected_batch).astype(np.float32)
+            apply_feed[_PARAMS] = params
             apply_feed.update(state)
             apply_feed["step"] = np.asarray(step + 1, dtype=np.float32)
             out = apply_runner.run(apply_feed)
-            params = {k: out[f"new.{k}"] for k in params}
+            params = out[f"new.{_PARAMS}"]
             state = {k: out[f"new.{k}"] for k in state}
             if progress:
                 progress(step + 1, total)

@@ -185,7 +185,7 @@ def ort_dp_engine(job: Job) -> Engine:
     grad_runner = trainer.sessions.get("dpsgd")
     apply_runner = trainer.sessions.get("apply_sgd")
     noise = SeededRandom(job.seed)
-    params: dict[str, np.ndarray] = dict(trainer.params)
+    params = trainer.params.to_flat()              # flat, in layout order, as the graphs take
 
     def prepare(part: Data) -> tuple[list[Batch], TrainConfig]:
         return plan_batches(part, job.batch_size, job.seed, job.masks), _ort_config(part, job)
@@ -201,18 +201,17 @@ def ort_dp_engine(job: Job) -> Engine:
         for step, batch in enumerate(batches):
             grad_feed.update(window=batch.window, rr=batch.rr, labels=batch.labels)
             grad_feed.update(batch.masks)
-            grad_feed.update(params)
+            grad_feed["params"] = params
             out = grad_runner.run(grad_feed)
             losses.append(float(out["loss"]))
-            for k in params:
-                total = out[f"clipped_sum.{k}"]
-                noisy = total + noise.normal(total.shape, NOISE_MULTIPLIER * CLIP_NORM)
-                apply_feed[f"grad.{k}"] = (noisy / len(batch.labels)).astype(np.float32)
-            apply_feed.update(params)
+            total = out["clipped_sum"]
+            noisy = total + noise.normal(total.shape, NOISE_MULTIPLIER * CLIP_NORM)
+            apply_feed["grad"] = (noisy / len(batch.labels)).astype(np.float32)
+            apply_feed["params"] = params
             apply_feed.update(state)
             apply_feed["step"] = np.asarray(step + 1, dtype=np.float32)
             out = apply_runner.run(apply_feed)
-            params = {k: out[f"new.{k}"] for k in params}
+            params = out["new.params"]
             state = {k: out[f"new.{k}"] for k in state}
         return losses
 

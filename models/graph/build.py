@@ -12,10 +12,11 @@ from onnx import TensorProto
 from fedbeat.models.graph.backward import backward
 from fedbeat.models.graph.emit import BATCH, GraphBuilder
 from fedbeat.models.graph.forward import (
+    INPUT_PARAMS,
     declare_data_inputs,
     declare_param_inputs,
     emit_forward,
-    infer_shapes,
+    flatten_concat,
 )
 from fedbeat.models.graph.loss import emit_weighted_cross_entropy
 from fedbeat.models.graph.optim import OPTIMIZERS, declare_update_inputs, emit_update
@@ -26,9 +27,10 @@ OUTPUT_LOGITS = "logits"
 OUTPUT_PROBS = "probs"
 OUTPUT_LOSS = "loss"
 OUTPUT_NORMS = "per_example_norm"
+OUTPUT_CLIPPED_SUM = "clipped_sum"
+OUTPUT_GRAD = "grad"
+INPUT_GRAD = "grad"
 INPUT_CLIP_NORM = "clip_norm"
-CLIPPED_PREFIX = "clipped_sum."
-GRAD_PREFIX = "grad."
 
 
 def build_inference(arch: Architecture, params: Params | None = None) -> onnx.ModelProto:
@@ -53,28 +55,36 @@ def build_inference(arch: Architecture, params: Params | None = None) -> onnx.Mo
 
 
 def _forward_and_backward(g: GraphBuilder, arch: Architecture, *,
-                          per_example: bool) -> tuple[str, dict[str, str]]:
+                          per_example: bool) -> dict[str, str]:
+    """Emit data and parameter inputs, forward, loss and backward; return gradients by name."""
     layout = ParamLayout.from_architecture(arch)
     declare_data_inputs(g, arch)
     declare_param_inputs(g, layout)
     logits = emit_forward(g, arch, training=True)
     forward_nodes = list(g.nodes)
-    shapes = infer_shapes(g, [logits])
+    shapes = g.infer_shapes([logits])
     loss = emit_weighted_cross_entropy(g, logits, arch.num_classes, per_example=per_example)
     grads = backward(g, forward_nodes, shapes, {logits: loss.dlogits}, list(layout.names),
                      per_example=per_example)
     g.add_output(loss.loss, OUTPUT_LOSS, shape=())
-    return loss.loss, grads
+    return grads
+
+
+def _flat_gradient(g: GraphBuilder, arch: Architecture) -> tuple[str, int]:
+    layout = ParamLayout.from_architecture(arch)
+    grads = _forward_and_backward(g, arch, per_example=False)
+    flat = flatten_concat(g, [grads[name] for name in layout.names],
+                          [shape for _, shape in layout.entries])
+    return flat, layout.size
 
 
 def build_train_step(arch: Architecture, optimizer: str) -> onnx.ModelProto:
     """One fused step: forward, weighted cross-entropy, backward, FedProx, optimizer update."""
     spec = OPTIMIZERS[optimizer]
     g = GraphBuilder(prefix="t")
-    _, grads = _forward_and_backward(g, arch, per_example=False)
-    entries = ParamLayout.from_architecture(arch).entries
-    declare_update_inputs(g, spec, entries)
-    emit_update(g, spec, entries, grads)
+    grad, size = _flat_gradient(g, arch)
+    declare_update_inputs(g, spec, size)
+    emit_update(g, spec, INPUT_PARAMS, grad, size)
     return g.model(f"{arch.name}-train-{optimizer}", f"fedbeat training step ({optimizer})")
 
 
@@ -84,48 +94,42 @@ def build_dpsgd_grad(arch: Architecture) -> onnx.ModelProto:
     Abadi et al. 2016, Algorithm 1, lines 5-7 (minus the noise, which the device adds from a
     cryptographically secure source outside the graph). The clipping factor is
     ``clip_norm / max(norm_i, clip_norm)``, i.e. ``min(1, C / ||g_i||)`` without a division by
-    zero for a zero gradient.
+    zero for a zero gradient. Output ``clipped_sum`` is flat, in layout order.
     """
     g = GraphBuilder(prefix="d")
-    _, grads = _forward_and_backward(g, arch, per_example=True)
+    grads = _forward_and_backward(g, arch, per_example=True)
     layout = ParamLayout.from_architecture(arch)
     clip = g.add_input(INPUT_CLIP_NORM, TensorProto.FLOAT, ())
-    flat = {}
-    squares = []
-    for name, _ in layout.entries:
-        flat[name] = g.op("Flatten", [grads[name]], axis=1)                        # (N, size)
-        squares.append(g.op("ReduceSumSquare", [flat[name]], axes=[1], keepdims=0))
+    flat = [g.op("Flatten", [grads[name]], axis=1) for name in layout.names]     # (N, size)
+    squares = [g.op("ReduceSumSquare", [f], axes=[1], keepdims=0) for f in flat]
     norm = g.op("Sqrt", [g.op("Sum", squares) if len(squares) > 1 else squares[0]])  # (N,)
     factor = g.op("Div", [clip, g.op("Max", [norm, clip])])
     row = g.op("Unsqueeze", [factor, g.const_i64([0])])                             # (1, N)
-    for name, shape in layout.entries:
-        summed = g.op("MatMul", [row, flat[name]])                                  # (1, size)
-        g.add_output(g.op("Reshape", [summed, g.const_i64(list(shape))]),
-                     CLIPPED_PREFIX + name, shape=shape)
+    sums = [g.op("MatMul", [row, f]) for f in flat]                                # (1, size)
+    g.add_output(flatten_concat(g, sums, [(1, -1)] * len(sums)), OUTPUT_CLIPPED_SUM,
+                 shape=(layout.size,))
     g.add_output(norm, OUTPUT_NORMS, shape=(BATCH,))
     return g.model(f"{arch.name}-dpsgd", "fedbeat DP-SGD clipped per-example gradient sum")
 
 
 def build_apply(arch: Architecture, optimizer: str) -> onnx.ModelProto:
-    """Apply an externally computed gradient (e.g. noised DP-SGD average) with an optimizer."""
+    """Apply an externally computed flat gradient (e.g. the noised DP-SGD average)."""
     spec = OPTIMIZERS[optimizer]
     g = GraphBuilder(prefix="a")
-    entries = ParamLayout.from_architecture(arch).entries
-    for name, shape in entries:
-        g.add_input(name, TensorProto.FLOAT, shape)
-        g.add_input(GRAD_PREFIX + name, TensorProto.FLOAT, shape)
-    declare_update_inputs(g, spec, entries)
-    emit_update(g, spec, entries, {name: GRAD_PREFIX + name for name, _ in entries})
+    size = ParamLayout.from_architecture(arch).size
+    g.add_input(INPUT_PARAMS, TensorProto.FLOAT, (size,))
+    g.add_input(INPUT_GRAD, TensorProto.FLOAT, (size,))
+    declare_update_inputs(g, spec, size)
+    emit_update(g, spec, INPUT_PARAMS, INPUT_GRAD, size)
     return g.model(f"{arch.name}-apply-{optimizer}", f"fedbeat apply gradient ({optimizer})")
 
 
 def build_gradient(arch: Architecture) -> onnx.ModelProto:
-    """Loss and the batch gradient of every parameter (``grad.<name>``), without an update.
+    """Loss and the flat batch gradient ``grad``, without an update.
 
     Used to check gradients against autograd and to apply gradients computed elsewhere.
     """
     g = GraphBuilder(prefix="b")
-    _, grads = _forward_and_backward(g, arch, per_example=False)
-    for name, shape in ParamLayout.from_architecture(arch).entries:
-        g.add_output(grads[name], GRAD_PREFIX + name, shape=shape)
+    grad, size = _flat_gradient(g, arch)
+    g.add_output(grad, OUTPUT_GRAD, shape=(size,))
     return g.model(f"{arch.name}-gradient", "fedbeat batch gradient")

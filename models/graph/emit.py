@@ -75,6 +75,27 @@ class GraphBuilder:
             self._consts[key] = name
         return self._consts[key]
 
+    def constant_value(self, name: str) -> np.ndarray | None:
+        """The value of initializer ``name``, or None if it is not a constant of this graph."""
+        for init in self.initializers:
+            if init.name == name:
+                return numpy_helper.to_array(init)
+        return None
+
+    def shape_like(self, tensor: str, shape: Shape, *, for_expand: bool = False) -> str:
+        """A Reshape (or Expand) target for ``shape``.
+
+        A constant when only the batch axis is symbolic, which spares a Shape node per use:
+        the batch axis becomes -1 for Reshape, 1 for Expand (which broadcasts it). Otherwise
+        the runtime shape of ``tensor``.
+        """
+        rest = shape[1:]
+        if shape and all(isinstance(d, int) for d in rest):
+            batch = -1 if not for_expand else 1
+            first = shape[0] if isinstance(shape[0], int) else batch
+            return self.const_i64([first, *[int(d) for d in rest]])
+        return self.shape_of(tensor)
+
     def const_i64(self, values: Sequence[int]) -> str:
         return self.const(np.asarray(values, dtype=np.int64))
 
@@ -100,10 +121,34 @@ class GraphBuilder:
     def dropout_mask_input(self, layer: str, like: str) -> str:
         """Declare the scaled Bernoulli mask input for dropout layer ``layer``."""
         name = f"dropout_mask.{layer}"
-        shape = self.known_shapes.get(like)
-        if shape is None:
-            raise ValueError(f"shape of {like!r} must be known before dropout layer {layer!r}")
+        shape = self.static_shape(like)
         return self.add_input(name, TensorProto.FLOAT, (BATCH, *shape[1:]))
+
+    def infer_shapes(self, outputs: Sequence[str]) -> dict[str, Shape]:
+        """Run ONNX shape inference over the nodes emitted so far.
+
+        Returns static shapes for every tensor; the batch axis appears as the symbol ``"N"``.
+        """
+        graph = helper.make_graph(list(self.nodes), "shapes", list(self.inputs),
+                                  [helper.make_empty_tensor_value_info(o) for o in outputs],
+                                  initializer=list(self.initializers))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        shapes: dict[str, Shape] = {}
+        for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+            if info.type.tensor_type.HasField("shape"):
+                shapes[info.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                    for d in info.type.tensor_type.shape.dim)
+        for init in inferred.graph.initializer:
+            shapes[init.name] = tuple(init.dims)
+        return shapes
+
+    def static_shape(self, tensor: str) -> Shape:
+        """Shape of ``tensor``, inferring shapes of the graph so far if it is not yet known."""
+        if tensor not in self.known_shapes:
+            self.known_shapes.update(self.infer_shapes([tensor]))
+        return self.known_shapes[tensor]
 
     def model(self, graph_name: str, doc: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs,

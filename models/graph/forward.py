@@ -1,8 +1,8 @@
-"""Forward pass of an architecture as ONNX nodes, plus static shape discovery."""
+"""Forward pass of an architecture as ONNX nodes: inputs, parameter split, layers."""
 
 from __future__ import annotations
 
-import onnx
+import numpy as np
 from onnx import TensorProto, helper
 
 from fedbeat.models.graph.emit import BATCH, GraphBuilder, Shape
@@ -15,42 +15,41 @@ def declare_data_inputs(g: GraphBuilder, arch: Architecture) -> None:
     g.add_input(INPUT_RR, TensorProto.FLOAT, (BATCH, arch.rr_features))
 
 
+INPUT_PARAMS = "params"
+"""The one parameter input of every graph: the flat float32 vector in layout order."""
+
+
 def declare_param_inputs(g: GraphBuilder, layout: ParamLayout) -> None:
-    for name, shape in layout.entries:
-        g.add_input(name, TensorProto.FLOAT, shape)
+    """Declare the flat ``params`` input and split it into the named tensors layers read.
+
+    One flat vector instead of one input per tensor: the optimizer then updates the whole
+    model in a handful of nodes instead of several per tensor (node dispatch, not arithmetic,
+    dominates small models), and it is the same vector an update travels as.
+    """
+    g.add_input(INPUT_PARAMS, TensorProto.FLOAT, (layout.size,))
+    sizes = [int(np.prod(shape)) for _, shape in layout.entries]
+    # 1-D tensors (biases) come out of the Split already shaped; only the rest need a Reshape.
+    pieces = [name if len(shape) == 1 else f"{name}:flat" for name, shape in layout.entries]
+    g.nodes.append(helper.make_node("Split", [INPUT_PARAMS, g.const_i64(sizes)], pieces,
+                                    name="Split_params", axis=0))
+    for piece, (name, shape) in zip(pieces, layout.entries, strict=True):
+        if piece != name:
+            g.op("Reshape", [piece, g.const_i64(list(shape))], name=name)
+
+
+def flatten_concat(g: GraphBuilder, tensors: list[str], shapes: list[Shape]) -> str:
+    """Concatenate tensors into one flat vector (the inverse of the parameter split)."""
+    flat = [t if len(s) == 1 else g.op("Reshape", [t, g.const_i64([-1])])
+            for t, s in zip(tensors, shapes, strict=True)]
+    return g.op("Concat", flat, axis=0) if len(flat) > 1 else flat[0]
 
 
 def emit_forward(g: GraphBuilder, arch: Architecture, *, training: bool) -> str:
     """Emit every layer in order; returns the logits tensor name (the last node's name)."""
-    if training:
-        g.known_shapes.update(node_shapes(arch))
     out = ""
     for node in arch.nodes:
         out = node.layer.emit(g, node.name, list(node.inputs), training=training)
     return out
-
-
-def infer_shapes(g: GraphBuilder, outputs: list[str]) -> dict[str, Shape]:
-    """Run ONNX shape inference over the nodes emitted so far.
-
-    Returns static shapes for every tensor; the batch axis appears as the symbol ``"N"``.
-    """
-    graph = helper.make_graph(list(g.nodes), "shapes", list(g.inputs),
-                              [helper.make_empty_tensor_value_info(o) for o in outputs],
-                              initializer=list(g.initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    shapes: dict[str, Shape] = {}
-    infos = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-    for info in infos:
-        if not info.type.tensor_type.HasField("shape"):
-            continue
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                                  for d in dims)
-    for init in inferred.graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    return shapes
 
 
 def node_shapes(arch: Architecture) -> dict[str, Shape]:
@@ -59,5 +58,5 @@ def node_shapes(arch: Architecture) -> dict[str, Shape]:
     declare_data_inputs(g, arch)
     declare_param_inputs(g, ParamLayout.from_architecture(arch))
     emit_forward(g, arch, training=False)
-    shapes = infer_shapes(g, [arch.output])
+    shapes = g.infer_shapes([arch.output])
     return {node.name: shapes[node.name] for node in arch.nodes}

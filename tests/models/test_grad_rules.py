@@ -25,7 +25,6 @@ from onnx import TensorProto
 
 from fedbeat.models.graph.backward import backward
 from fedbeat.models.graph.emit import GraphBuilder, Shape
-from fedbeat.models.graph.forward import infer_shapes
 from fedbeat.models.graph.grad_rules import GRAD_RULES, UnsupportedOpError
 
 torch = pytest.importorskip("torch")
@@ -105,7 +104,7 @@ def forward_graph(inputs: Mapping[str, Shape], emit: Emit) -> ForwardGraph:
         g.add_input(name, TensorProto.FLOAT, shape)
     out = emit(g)
     nodes = list(g.nodes)
-    return ForwardGraph(g, nodes, infer_shapes(g, [out]), out)
+    return ForwardGraph(g, nodes, g.infer_shapes([out]), out)
 
 
 def ort_gradients(case: OpCase, values: Mapping[str, np.ndarray], upstream: np.ndarray, *,
@@ -268,13 +267,13 @@ CONV_CASES = [
 ]
 
 
-def _pool(op: str, kernel: int, stride: int, length: int, *, indices: bool = True) -> OpCase:
-    # MaxPool is differentiated through its Indices output, or, when the windows tile the
-    # input, from an ArgMax over the reshaped input (no Indices output).
-    outputs = 2 if op == "MaxPool" and indices else 1
+def _pool(op: str, kernel: int, stride: int, length: int) -> OpCase:
+    # Training graphs expose MaxPool's Indices; tiling windows take the MaxUnpool path,
+    # overlapping ones the scatter-add path.
+    outputs = 2 if op == "MaxPool" else 1
     fn = (torch.nn.functional.max_pool1d if op == "MaxPool"
           else torch.nn.functional.avg_pool1d)
-    label = f"k{kernel}s{stride}L{length}" + ("" if indices or op != "MaxPool" else "-tiled")
+    label = f"k{kernel}s{stride}L{length}"
     return OpCase(op, label, {"x": (N, C, length)},
                   lambda g: g.op(op, ["x"], n_outputs=outputs, kernel_shape=[kernel],
                                  strides=[stride]),
@@ -285,11 +284,32 @@ POOL_SHAPES = [(2, 2, 16), (2, 2, 17), (3, 2, 15), (3, 2, 16), (3, 3, 16), (2, 3
                (3, 3, 18)]
 POOL_CASES = [_pool(op, k, s, length) for op in ("MaxPool", "AveragePool")
               for k, s, length in POOL_SHAPES]
-POOL_CASES += [_pool("MaxPool", k, s, length, indices=False) for k, s, length in POOL_SHAPES
-               if k == s and length % k == 0]
+
+LN_SCALE = np.linspace(0.5, 1.5, L, dtype=np.float32)
+LN_BIAS = np.linspace(-0.3, 0.3, L, dtype=np.float32)
+
+
+def _layer_norm(label: str, scale: np.ndarray, bias: np.ndarray | None) -> OpCase:
+    """LayerNormalization over the last axis with constant scale (and bias): GroupNorm's core.
+
+    The unit-scale, no-bias case takes the rule's shortcut (Y is x̂); the other the general path.
+    """
+    def emit(g: GraphBuilder) -> str:
+        inputs = ["x", g.const(scale)] + ([] if bias is None else [g.const(bias)])
+        return g.op("LayerNormalization", inputs, axis=-1, epsilon=1e-5, n_outputs=3)
+
+    def torch_fn(t: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(
+            t["x"], (L,), weight=f64(scale), bias=None if bias is None else f64(bias), eps=1e-5)
+
+    return OpCase("LayerNormalization", label, {"x": (N, C, L)}, emit, torch_fn)
+
+
+LN_CASES = [_layer_norm("unit", np.ones(L, dtype=np.float32), None),
+            _layer_norm("scaled-biased", LN_SCALE, LN_BIAS)]
 
 CASES = [*BINARY_CASES, SQUARE_CASE, *UNARY_CASES, *SHAPE_CASES, *CONCAT_CASES, GEMM_CASE,
-         *CONV_CASES, *POOL_CASES]
+         *CONV_CASES, *POOL_CASES, *LN_CASES]
 
 PER_EXAMPLE_CASES = [
     GEMM_CASE,
@@ -416,21 +436,22 @@ def test_parameter_without_influence_raises() -> None:
         _differentiate(_data_then_param("Relu"), ["w", "unused"], inputs)
 
 
-def test_overlapping_maxpool_without_indices_raises() -> None:
+def test_maxpool_without_indices_raises() -> None:
     inputs: dict[str, Shape] = {"x": (BATCH_DIM, 4, 12), "w": (4, 1)}
     with pytest.raises(ValueError, match="Indices"):
-        _differentiate(lambda g: g.op("MaxPool", [g.op("Mul", ["x", "w"])], kernel_shape=[3],
-                                      strides=[2]),
+        _differentiate(lambda g: g.op("MaxPool", [g.op("Mul", ["x", "w"])], kernel_shape=[2]),
                        ["w"], inputs)
 
 
-def test_tiled_maxpool_sends_ties_to_the_first_maximum_like_torch() -> None:
+@pytest.mark.parametrize(("kernel", "stride"), [(2, 2), (3, 2)])
+def test_maxpool_sends_ties_to_the_first_maximum_like_torch(kernel: int, stride: int) -> None:
     """After a ReLU, pooling windows often hold equal zeros; torch routes to the first."""
-    case = _pool("MaxPool", 2, 2, 8, indices=False)
+    case = _pool("MaxPool", kernel, stride, 8)
     x = np.zeros((N, C, 8), dtype=np.float32)
     x[:, :, ::4] = 1.0                                   # windows (1, 0), (0, 0), (1, 0), (0, 0)
-    upstream = np.arange(N * C * 4, dtype=np.float32).reshape(N, C, 4) + 1
+    out_len = (8 - kernel) // stride + 1
+    upstream = np.arange(N * C * out_len, dtype=np.float32).reshape(N, C, out_len) + 1
     _, grads = ort_gradients(case, {"x": x}, upstream, wrt=["x"], per_example=False)
     leaf = f64(x).requires_grad_(True)
-    torch.nn.functional.max_pool1d(leaf, 2, 2).backward(f64(upstream))
+    torch.nn.functional.max_pool1d(leaf, kernel, stride).backward(f64(upstream))
     np.testing.assert_array_equal(grads["x"], leaf.grad.numpy())

@@ -4,6 +4,10 @@ Gradients, DP-SGD clipping, optimizer updates, FedProx and inference all run on 
 onnxruntime in float32 and are compared with ``tests/torch_oracle.py`` in float64, fed the very
 same float32 inputs. Tensors are compared norm-wise (``||ours - torch|| / ||torch||``) at 1e-5;
 the float32 graphs land near 1e-6.
+
+Parameters, gradients, clipped sums and optimizer state cross the graph boundary as flat vectors
+in layout order; they are split back into named tensors (``Params.from_flat``) so that every
+tensor is compared on its own.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import onnxruntime as ort
 import pytest
 
 from fedbeat.models.graph.build import (
-    CLIPPED_PREFIX,
-    GRAD_PREFIX,
     INPUT_CLIP_NORM,
+    INPUT_GRAD,
+    OUTPUT_CLIPPED_SUM,
+    OUTPUT_GRAD,
     OUTPUT_LOGITS,
     OUTPUT_LOSS,
     OUTPUT_NORMS,
@@ -32,17 +37,17 @@ from fedbeat.models.graph.build import (
     build_train_step,
 )
 from fedbeat.models.graph.emit import OPSET
-from fedbeat.models.graph.forward import node_shapes
+from fedbeat.models.graph.forward import INPUT_PARAMS, node_shapes
 from fedbeat.models.graph.loss import INPUT_CLASS_WEIGHT, INPUT_LABELS
 from fedbeat.models.graph.optim import (
     FEDPROX_MU,
-    GLOBAL_PREFIX,
+    INPUT_GLOBAL_PARAMS,
     NEW_PREFIX,
     OPTIMIZERS,
-    state_name,
+    state_input,
 )
 from fedbeat.models.layers import Dropout
-from fedbeat.models.params import Params
+from fedbeat.models.params import ParamLayout, Params
 from fedbeat.models.zoo import INPUT_RR, INPUT_WINDOW, Architecture, create_architecture
 
 torch = pytest.importorskip("torch")
@@ -153,9 +158,21 @@ def run_graph(arch: Architecture, kind: str, feed: Mapping[str, np.ndarray],
     return run(cached_session(arch.name, kind, optimizer), feed)
 
 
+def flat_feed(params: Params) -> Arrays:
+    """The one parameter input every non-embedded graph takes: the flat layout-order vector."""
+    return {INPUT_PARAMS: params.to_flat()}
+
+
+def unflatten(layout: ParamLayout, vector: np.ndarray) -> Arrays:
+    """A flat graph output (gradient, clipped sum, weights, state) as named tensors."""
+    assert vector.shape == (layout.size,), f"flat output {vector.shape} != ({layout.size},)"
+    assert vector.dtype == np.float32, vector.dtype
+    return dict(Params.from_flat(layout, vector))
+
+
 def ort_gradient(arch: Architecture, params: Params, batch: Batch) -> Arrays:
-    out = run_graph(arch, "gradient", {**batch.feed(), **params})
-    return {name: out[GRAD_PREFIX + name] for name in params}
+    out = run_graph(arch, "gradient", {**batch.feed(), **flat_feed(params)})
+    return unflatten(params.layout, out[OUTPUT_GRAD])
 
 
 @pytest.fixture(scope="module", params=ARCH_NAMES)
@@ -192,13 +209,14 @@ def batch(arch: Architecture) -> Batch:
 
 def test_gradient_matches_autograd(arch: Architecture, params: Params, batch: Batch) -> None:
     assert any(v.min() == 0.0 for v in batch.masks.values()), "dropout should drop something"
-    out = run_graph(arch, "gradient", {**batch.feed(), **params})
+    out = run_graph(arch, "gradient", {**batch.feed(), **flat_feed(params)})
+    grads = unflatten(params.layout, out[OUTPUT_GRAD])
     tp = oracle.torch_params(params)
     loss = batch.loss(arch, tp)
     loss.backward()
     assert_rel(out[OUTPUT_LOSS], loss, TOL, "loss")
     for name in params:
-        assert_rel(out[GRAD_PREFIX + name], tp[name].grad, TOL, f"grad.{name}")
+        assert_rel(grads[name], tp[name].grad, TOL, f"grad.{name}")
 
 
 FD_STEP = 1e-7
@@ -267,7 +285,9 @@ def test_dpsgd_matches_vmap_grad(arch: Architecture, params: Params, batch: Batc
     norms = torch.sqrt(sum((g.reshape(BATCH, -1) ** 2).sum(1) for g in per_example.values()))
     clip = float(np.float32(np.median(norms.numpy())))      # half the examples get clipped
 
-    out = run_graph(arch, "dpsgd", {**batch.feed(), **params, INPUT_CLIP_NORM: scalar(clip)})
+    out = run_graph(arch, "dpsgd", {**batch.feed(), **flat_feed(params),
+                                    INPUT_CLIP_NORM: scalar(clip)})
+    sums = unflatten(params.layout, out[OUTPUT_CLIPPED_SUM])
 
     ours_norms = out[OUTPUT_NORMS]
     assert float(np.max(np.abs(ours_norms - norms.numpy()) / norms.numpy())) <= TOL
@@ -278,7 +298,7 @@ def test_dpsgd_matches_vmap_grad(arch: Architecture, params: Params, batch: Batc
     factor = torch.clamp(clip / norms, max=1.0)
     for name, g in per_example.items():
         expected = (g * factor.reshape(-1, *[1] * (g.dim() - 1))).sum(0)
-        assert_rel(out[CLIPPED_PREFIX + name], expected, TOL, f"clipped_sum.{name}")
+        assert_rel(sums[name], expected, TOL, f"clipped_sum.{name}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,21 +358,34 @@ class Trajectory:
     state: Arrays     # "<param>.<slot>"
 
 
+def slot_key(param: str, slot: str) -> str:
+    """Per-tensor optimizer state key in a :class:`Trajectory` (torch keeps state per tensor)."""
+    return f"{param}.{slot}"
+
+
 def ort_steps(arch: Architecture, kind: str, config: OptConfig, start: Params,
               per_step: Sequence[Arrays], *, global_params: Mapping[str, np.ndarray] | None = None,
               mu: float = 0.0) -> Trajectory:
-    """Run ``kind`` ("train" or "apply") once per feed, feeding new weights and state back."""
+    """Run ``kind`` ("train" or "apply") once per feed, feeding new weights and state back.
+
+    Weights, state and the FedProx anchor travel as flat vectors; the result is split back into
+    named tensors.
+    """
     spec = OPTIMIZERS[config.optimizer]
-    weights: Arrays = dict(start)
-    state = {state_name(n, s): np.zeros_like(v) for n, v in start.items() for s in spec.state}
+    layout = start.layout
+    weights = start.to_flat()
+    state = {state_input(s): np.zeros(layout.size, dtype=np.float32) for s in spec.state}
+    anchor = Params(layout, global_params if global_params is not None else start).to_flat()
     fixed = {**{h: scalar(config.value(h)) for h in config.hyper}, FEDPROX_MU: scalar(mu),
-             **{GLOBAL_PREFIX + n: v for n, v in (global_params or start).items()}}
+             INPUT_GLOBAL_PARAMS: anchor}
     for step, extra in enumerate(per_step, start=1):
-        out = run_graph(arch, kind, {**extra, **fixed, **weights, **state, "step": scalar(step)},
-                        config.optimizer)
-        weights = {n: out[NEW_PREFIX + n] for n in weights}
+        out = run_graph(arch, kind, {**extra, **fixed, INPUT_PARAMS: weights, **state,
+                                     "step": scalar(step)}, config.optimizer)
+        weights = out[NEW_PREFIX + INPUT_PARAMS]
         state = {s: out[NEW_PREFIX + s] for s in state}
-    return Trajectory(weights, state)
+    named_state = {slot_key(n, s): v for s in spec.state
+                   for n, v in unflatten(layout, state[state_input(s)]).items()}
+    return Trajectory(unflatten(layout, weights), named_state)
 
 
 def torch_steps(config: OptConfig, start: Params,
@@ -364,7 +397,7 @@ def torch_steps(config: OptConfig, start: Params,
         opt.zero_grad()
         fill_grads(tp)
         opt.step()
-    state = {state_name(n, s): opt.state[t][s].numpy()
+    state = {slot_key(n, s): opt.state[t][s].numpy()
              for n, t in tp.items() for s in OPTIMIZERS[config.optimizer].state}
     return Trajectory({n: t.detach().numpy() for n, t in tp.items()}, state)
 
@@ -406,7 +439,7 @@ def test_apply_matches_torch_optim(arch: Architecture, start: Params,
     grads = [{n: (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
               for n, v in start.items()} for _ in range(STEPS)]
     ours = ort_steps(arch, "apply", config, start,
-                     [{GRAD_PREFIX + n: v for n, v in g.items()} for g in grads])
+                     [{INPUT_GRAD: Params(start.layout, g).to_flat()} for g in grads])
 
     def assign(g: Arrays) -> Callable[[Tensors], None]:
         def fill(tp: Tensors) -> None:
@@ -448,7 +481,7 @@ def test_fedprox_sgd_step_matches_proximal_loss(arch: Architecture, start: Param
 
 def test_inference_matches_oracle(arch: Architecture, params: Params, batch: Batch) -> None:
     feed = {INPUT_WINDOW: batch.window, INPUT_RR: batch.rr}
-    out = run_graph(arch, "inference", {**feed, **params})
+    out = run_graph(arch, "inference", {**feed, **flat_feed(params)})
     with torch.no_grad():
         logits = oracle.forward(arch, oracle.torch_params(params), f64(batch.window),
                                 f64(batch.rr))
@@ -458,7 +491,7 @@ def test_inference_matches_oracle(arch: Architecture, params: Params, batch: Bat
     embedded_model = graph(arch.name, "inference-embedded")
     assert {i.name for i in embedded_model.graph.input} == {INPUT_WINDOW, INPUT_RR}
     # Same graph, same kernels: bit-identical once MLAS stops prepacking the embedded weights.
-    exact = [run(session(m, prepack=False), {**feed, **params})
+    exact = [run(session(m, prepack=False), {**feed, **flat_feed(params)})
              for m in (graph(arch.name, "inference"), embedded_model)]
     for name in (OUTPUT_LOGITS, OUTPUT_PROBS):
         np.testing.assert_array_equal(exact[1][name], exact[0][name])
