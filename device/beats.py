@@ -32,16 +32,8 @@ class Beats:
         ``windows`` may be (n, W) or (n, 1, W). Raises :class:`InvalidBeatsError` with a
         message that names the array and what was expected.
         """
-        windows = _floating("windows", windows)
-        if windows.ndim == 2:
-            windows = windows[:, None, :]
-        if windows.ndim != 3 or windows.shape[1:] != (1, spec.window_samples):
-            raise InvalidBeatsError(f"windows must have shape (n, {spec.window_samples}) or "
-                                    f"(n, 1, {spec.window_samples}), got {windows.shape}")
-        rr = _floating("rr", rr)
-        if rr.ndim != 2 or rr.shape != (windows.shape[0], len(spec.rr_features)):
-            raise InvalidBeatsError(f"rr must have shape ({windows.shape[0]}, "
-                                    f"{len(spec.rr_features)}), got {rr.shape}")
+        windows, rr = check_model_inputs(windows, rr, window_samples=spec.window_samples,
+                                         rr_features=len(spec.rr_features))
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (windows.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
@@ -56,6 +48,26 @@ class Beats:
     def take(self, index: np.ndarray) -> Beats:
         return Beats(self.windows[index], self.rr[index],
                      None if self.labels is None else self.labels[index])
+
+
+def check_model_inputs(windows: np.ndarray, rr: np.ndarray, *, window_samples: int,
+                       rr_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and normalise model inputs for any runtime (ONNX Runtime or TFLite).
+
+    Returns contiguous float32 ``windows`` (n, 1, W) and ``rr`` (n, F); ``windows`` may come
+    as (n, W). Raises :class:`InvalidBeatsError` naming the array and what was expected.
+    """
+    windows = _floating("windows", windows)
+    if windows.ndim == 2:
+        windows = windows[:, None, :]
+    if windows.ndim != 3 or windows.shape[1:] != (1, window_samples):
+        raise InvalidBeatsError(f"windows must have shape (n, {window_samples}) or "
+                                f"(n, 1, {window_samples}), got {windows.shape}")
+    rr = _floating("rr", rr)
+    if rr.ndim != 2 or rr.shape != (windows.shape[0], rr_features):
+        raise InvalidBeatsError(f"rr must have shape ({windows.shape[0]}, {rr_features}), "
+                                f"got {rr.shape}")
+    return windows, rr
 
 
 def _floating(name: str, value: np.ndarray) -> np.ndarray:

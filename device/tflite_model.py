@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from fedbeat.device.beats import check_model_inputs
+
 INPUT_WINDOW = "window"
 INPUT_RR = "rr"
 OUTPUT_LOGITS = "logits"
@@ -113,19 +115,8 @@ class TFLiteModel:
                                for i in range(n)])
 
     def _validate(self, window: np.ndarray, rr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        window, rr = np.asarray(window), np.asarray(rr)
-        for label, array in ((INPUT_WINDOW, window), (INPUT_RR, rr)):
-            if not np.issubdtype(array.dtype, np.floating):
-                raise ValueError(f"{label} must hold floating-point values, got {array.dtype}")
-        if window.ndim != 3 or window.shape[1:] != (1, self.window_samples):
-            raise ValueError(f"window must have shape (n, 1, {self.window_samples}), "
-                             f"got {window.shape}")
-        if rr.ndim != 2 or rr.shape[1] != self.rr_features:
-            raise ValueError(f"rr must have shape (n, {self.rr_features}), got {rr.shape}")
-        if rr.shape[0] != window.shape[0]:
-            raise ValueError(f"window has {window.shape[0]} examples but rr has {rr.shape[0]}")
-        return (np.ascontiguousarray(window, dtype=np.float32),
-                np.ascontiguousarray(rr, dtype=np.float32))
+        return check_model_inputs(window, rr, window_samples=self.window_samples,
+                                  rr_features=self.rr_features)
 
     def _resize(self, n: int) -> None:
         """Give the interpreter batch ``n`` (only reallocates when the batch changes)."""

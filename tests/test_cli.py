@@ -80,3 +80,19 @@ def test_missing_data_dir_is_explained(tmp_path: Path) -> None:
     code, _, err = run("model", "train", str(tmp_path / "m"), "--data", str(tmp_path))
     assert code == 1
     assert "no MIT-BIH records" in err
+
+
+def test_build_with_tflite_writes_a_model_the_device_runner_loads(tmp_path: Path) -> None:
+    pytest.importorskip("ai_edge_litert")
+    import numpy as np
+
+    from fedbeat.device.tflite_model import TFLiteModel
+
+    code, out, _ = run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"),
+                       "--optimizer", "sgd", "--tflite", "--json")
+    assert code == 0
+    assert json.loads(out)["tflite"] == "model.tflite"
+    probs = TFLiteModel(tmp_path / "m" / "model.tflite").predict(
+        np.zeros((3, 128), dtype=np.float32), np.ones((3, 8), dtype=np.float32))
+    assert probs.shape == (3, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -62,15 +62,23 @@ def build(name: str, out_dir: Path, seed: int, optimizers: tuple[str, ...], tfli
 
     started = time.perf_counter()
     manifest = build_model_dir(name, out_dir, seed=seed, optimizers=optimizers or OPTIMIZER_NAMES)
+    result: dict[str, Any] = {
+        "model": name, "out": str(out_dir), "num_params": manifest.num_params,
+        "files": {role: path for role, (path, _) in manifest.files.items()},
+        "opset": manifest.opset, "tflite": None,
+    }
     if tflite:
+        try:
+            from fedbeat.models.tflite_export import write_tflite
+        except ImportError:
+            raise UsageError("--tflite needs the tflite extra: "
+                             "pip install 'fedbeat[tflite]'") from None
         from fedbeat.models.manifest import load_model_dir
-        from fedbeat.models.tflite_export import write_tflite
 
         write_tflite(create_architecture(name), load_model_dir(out_dir).initial_params(),
                      out_dir / "model.tflite")
-    result = {"model": name, "out": str(out_dir), "num_params": manifest.num_params,
-              "files": {role: path for role, (path, _) in manifest.files.items()},
-              "opset": manifest.opset, "seconds": round(time.perf_counter() - started, 3)}
+        result["tflite"] = "model.tflite"
+    result["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
         emit_json(result)
     else:

@@ -167,8 +167,10 @@ def _leaky_relu_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad])
     g, x = ctx.g, node.input[0]
     assert dy[0] is not None
     alpha = ctx.float_attr(node, "alpha", 0.01)
-    positive = g.op("Greater", [x, g.const_f32(0.0)])
-    return [g.op("Where", [positive, dy[0], g.op("Mul", [dy[0], g.const_f32(alpha)])])]
+    # slope = alpha + (1 - alpha)·[x > 0]; Mul(Cast(Greater)) runs ~8x faster than Where in ORT
+    positive = g.op("Cast", [g.op("Greater", [x, g.const_f32(0.0)])], to=onnx.TensorProto.FLOAT)
+    slope = g.op("Add", [g.op("Mul", [positive, g.const_f32(1.0 - alpha)]), g.const_f32(alpha)])
+    return [g.op("Mul", [dy[0], slope])]
 
 
 def _sqrt_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> list[Grad]:
@@ -235,23 +237,90 @@ def _gemm_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> li
     return [da, dw, dc]
 
 
-def _im2col(ctx: GradContext, x: str, *, kernel: int, stride: int, padding: int,
-            dilation: int, out_len: int) -> str:
-    """Unfold (N, C, L) into (N, L_out, K*C) with one Gather over precomputed indices.
+SLICE_IM2COL_BELOW_CHANNELS = 8
+"""Below this many input channels im2col is built from K contiguous slices; above, by one
+channels-last Gather. Measured on ORT 1.32: 4x faster for the 1-channel ECG stem, 1.3x slower at
+32 channels."""
 
-    The gather runs channels-last, on (N, L, C), so that each index copies a contiguous run of
-    C floats instead of one float: about twice as fast as gathering on the time axis.
+
+@dataclass(frozen=True)
+class _ConvGeometry:
+    kernel: int
+    stride: int
+    padding: int
+    dilation: int
+    in_channels: int
+    out_channels: int
+    out_len: int
+
+
+def _conv_weight_grad(ctx: GradContext, x: str, dy: str, geo: _ConvGeometry, *,
+                      per_example: bool) -> str:
+    """dW of a 1-D Conv by im2col + one matrix product: (O, C, K), or (N, O, C, K).
+
+    Both im2col layouts order columns k-major (K, C); the (.., O, K·C) product is reshaped and
+    transposed to the weight's (.., O, C, K) at the end.
     """
     g = ctx.g
-    channels = ctx.static_dim(x, 1)
-    padded = x
-    if padding:
-        padded = g.op("Pad", [x, g.const_i64([0, 0, padding, 0, 0, padding])])
-    time_major = g.op("Transpose", [padded], perm=[0, 2, 1])                    # (N, L, C)
-    starts = np.arange(out_len, dtype=np.int64)[:, None] * stride
-    index = starts + np.arange(kernel, dtype=np.int64)[None, :] * dilation   # (L_out, K)
-    cols = g.op("Gather", [time_major, g.const(index)], axis=1)                 # (N, L_out, K, C)
-    return g.op("Reshape", [cols, g.const_i64([0, out_len, kernel * channels])])
+    kc = geo.kernel * geo.in_channels
+    if geo.in_channels < SLICE_IM2COL_BELOW_CHANNELS:
+        cols = _im2col_time_major(ctx, x, geo)                                  # (N, KC, L_out)
+        if per_example:
+            product = g.op("MatMul", [dy, g.op("Transpose", [cols], perm=[0, 2, 1])])
+        else:
+            c2 = g.op("Reshape", [g.op("Transpose", [cols], perm=[1, 0, 2]),
+                                  g.const_i64([kc, -1])])                       # (KC, N*L_out)
+            product = g.op("Gemm", [_batch_columns(ctx, dy, geo.out_channels), c2], transB=1)
+    else:
+        cols = _im2col_channels_last(ctx, x, geo)                               # (N, L_out, KC)
+        if per_example:
+            product = g.op("MatMul", [dy, cols])
+        else:
+            c2 = g.op("Reshape", [cols, g.const_i64([-1, kc])])                 # (N*L_out, KC)
+            product = g.op("MatMul", [_batch_columns(ctx, dy, geo.out_channels), c2])
+    lead = [-1] if per_example else []
+    shaped = g.op("Reshape", [product, g.const_i64([*lead, geo.out_channels, geo.kernel,
+                                                    geo.in_channels])])
+    perm = [0, 1, 3, 2] if per_example else [0, 2, 1]
+    return g.op("Transpose", [shaped], perm=perm)
+
+
+def _batch_columns(ctx: GradContext, dy: str, out_channels: int) -> str:
+    """(N, O, L_out) -> (O, N*L_out): the batch and time axes become one summation axis."""
+    g = ctx.g
+    return g.op("Reshape", [g.op("Transpose", [dy], perm=[1, 0, 2]),
+                            g.const_i64([out_channels, -1])])
+
+
+def _padded(ctx: GradContext, x: str, padding: int) -> str:
+    if not padding:
+        return x
+    return ctx.g.op("Pad", [x, ctx.g.const_i64([0, 0, padding, 0, 0, padding])])
+
+
+def _im2col_channels_last(ctx: GradContext, x: str, geo: _ConvGeometry) -> str:
+    """(N, C, L) -> (N, L_out, K*C) with one Gather on the channels-last input.
+
+    Gathering on (N, L, C) copies a run of C floats per index instead of one float.
+    """
+    g = ctx.g
+    time_major = g.op("Transpose", [_padded(ctx, x, geo.padding)], perm=[0, 2, 1])
+    starts = np.arange(geo.out_len, dtype=np.int64)[:, None] * geo.stride
+    index = starts + np.arange(geo.kernel, dtype=np.int64)[None, :] * geo.dilation
+    cols = g.op("Gather", [time_major, g.const(index)], axis=1)                # (N, L_out, K, C)
+    return g.op("Reshape", [cols, g.const_i64([0, geo.out_len, geo.kernel * geo.in_channels])])
+
+
+def _im2col_time_major(ctx: GradContext, x: str, geo: _ConvGeometry) -> str:
+    """(N, C, L) -> (N, K*C, L_out) from K strided slices, each a contiguous run in time."""
+    g = ctx.g
+    padded = _padded(ctx, x, geo.padding)
+    span = geo.stride * (geo.out_len - 1) + 1
+    slices = [g.op("Slice", [padded, g.const_i64([k * geo.dilation]),
+                             g.const_i64([k * geo.dilation + span]), g.const_i64([2]),
+                             g.const_i64([geo.stride])])
+              for k in range(geo.kernel)]
+    return g.op("Concat", slices, axis=1) if len(slices) > 1 else slices[0]
 
 
 def _conv_input_grad(ctx: GradContext, y: str, w: str, *, kernel: int, stride: int,
@@ -299,19 +368,8 @@ def _conv_grad(ctx: GradContext, node: onnx.NodeProto, dy: Sequence[Grad]) -> li
         dx = _conv_input_grad(ctx, y, w, kernel=kernel, stride=stride, padding=pad_lo,
                               dilation=dilation, in_len=in_len, out_len=out_len)
     if ctx.needs(w):
-        cols = _im2col(ctx, x, kernel=kernel, stride=stride, padding=pad_lo,
-                       dilation=dilation, out_len=out_len)                     # (N, L_out, KC)
-        if ctx.per_example_param(w):
-            dw_kc = g.op("Reshape", [g.op("MatMul", [y, cols]),
-                                     g.const_i64([-1, out_ch, kernel, in_ch])])
-            dw = g.op("Transpose", [dw_kc], perm=[0, 1, 3, 2])                  # (N, O, C, K)
-        else:
-            y2 = g.op("Reshape", [g.op("Transpose", [y], perm=[1, 0, 2]),
-                                  g.const_i64([out_ch, -1])])                   # (O, N*L_out)
-            c2 = g.op("Reshape", [cols, g.const_i64([-1, kernel * in_ch])])     # (N*L_out, KC)
-            dw_kc = g.op("Reshape", [g.op("MatMul", [y2, c2]),
-                                     g.const_i64([out_ch, kernel, in_ch])])
-            dw = g.op("Transpose", [dw_kc], perm=[0, 2, 1])                     # (O, C, K)
+        geometry = _ConvGeometry(kernel, stride, pad_lo, dilation, in_ch, out_ch, out_len)
+        dw = _conv_weight_grad(ctx, x, y, geometry, per_example=ctx.per_example_param(w))
     if ctx.needs(b):
         axes = [2] if ctx.per_example_param(b) else [0, 2]
         db = g.op("ReduceSum", [y, g.const_i64(axes)], keepdims=0)

@@ -12,7 +12,7 @@ import pytest
 from fedbeat.device.beats import Beats, InvalidBeatsError
 from fedbeat.device.ecg.synthetic import synthetic_patient
 from fedbeat.device.privacy.noise import SeededRandom
-from fedbeat.device.trainer import DpSgdConfig, TrainConfig, Trainer
+from fedbeat.device.trainer import DpSgdConfig, TrainConfig, Trainer, TrainingDivergedError
 from fedbeat.models.manifest import MANIFEST_FILE, ModelFileError, sha256_file
 
 
@@ -170,3 +170,12 @@ def test_graph_built_for_another_model_is_refused(model_dirs: dict[str, Path],
     trainer = Trainer(target)
     with pytest.raises(ModelFileError, match="another model"):
         trainer.fit(_beats(trainer, patient, 10), TrainConfig())
+
+
+def test_divergence_is_reported_not_returned(model_dirs: dict[str, Path],
+                                             patient: tuple[np.ndarray, ...]) -> None:
+    trainer = Trainer(model_dirs["ecg-cnn-s"])
+    before = trainer.params.to_flat()
+    with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
+        trainer.fit(_beats(trainer, patient, 64), TrainConfig(epochs=3, lr=1e30))
+    np.testing.assert_array_equal(trainer.params.to_flat(), before)   # nothing half-applied

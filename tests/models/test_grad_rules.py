@@ -25,7 +25,11 @@ from onnx import TensorProto
 
 from fedbeat.models.graph.backward import backward
 from fedbeat.models.graph.emit import GraphBuilder, Shape
-from fedbeat.models.graph.grad_rules import GRAD_RULES, UnsupportedOpError
+from fedbeat.models.graph.grad_rules import (
+    GRAD_RULES,
+    SLICE_IM2COL_BELOW_CHANNELS,
+    UnsupportedOpError,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -239,11 +243,14 @@ def conv_output_padding(length: int, kernel: int, stride: int, padding: int,
     return (length + 2 * padding - dilation * (kernel - 1) - 1) % stride
 
 
-def _conv(kernel: int, stride: int, padding: int, dilation: int, length: int) -> OpCase:
+def _conv(kernel: int, stride: int, padding: int, dilation: int, length: int,
+          channels: int = 3) -> OpCase:
+    # The weight-gradient rule builds im2col from slices below SLICE_IM2COL_BELOW_CHANNELS
+    # input channels and by a channels-last Gather from there on: cases cover both.
     extra = conv_output_padding(length, kernel, stride, padding, dilation)
     return OpCase(
-        "Conv", f"k{kernel}s{stride}p{padding}d{dilation}L{length}-outpad{extra}",
-        {"x": (N, 3, length), "w": (4, 3, kernel), "bias": (4,)},
+        "Conv", f"k{kernel}s{stride}p{padding}d{dilation}L{length}C{channels}-outpad{extra}",
+        {"x": (N, channels, length), "w": (4, channels, kernel), "bias": (4,)},
         lambda g: g.op("Conv", ["x", "w", "bias"], kernel_shape=[kernel], strides=[stride],
                        pads=[padding, padding], dilations=[dilation]),
         lambda t: torch.nn.functional.conv1d(t["x"], t["w"], t["bias"], stride=stride,
@@ -252,6 +259,11 @@ def _conv(kernel: int, stride: int, padding: int, dilation: int, length: int) ->
 
 
 CONV_CASES = [
+    _conv(7, 1, 3, 1, 32, channels=1),                                # the 1-channel ECG stem
+    _conv(3, 1, 1, 1, 20, channels=SLICE_IM2COL_BELOW_CHANNELS),
+    _conv(3, 1, 2, 2, 21, channels=SLICE_IM2COL_BELOW_CHANNELS),
+    _conv(3, 2, 1, 1, 32, channels=SLICE_IM2COL_BELOW_CHANNELS),
+    _conv(5, 3, 0, 2, 23, channels=SLICE_IM2COL_BELOW_CHANNELS + 3),
     _conv(3, 1, 0, 1, 20),
     _conv(3, 1, 1, 2, 20),
     _conv(5, 1, 3, 1, 17),
@@ -313,7 +325,8 @@ CASES = [*BINARY_CASES, SQUARE_CASE, *UNARY_CASES, *SHAPE_CASES, *CONCAT_CASES, 
 
 PER_EXAMPLE_CASES = [
     GEMM_CASE,
-    *(c for c in CONV_CASES if c.label.startswith(("k7s1p3d1", "k3s2p1d1L32", "k5s2p0d2"))),
+    *(c for c in CONV_CASES if c.label.startswith(("k7s1p3d1", "k3s2p1d1L32", "k5s2p0d2",
+                                                   "k5s3p0d2"))),
     # Parameters broadcast from the trailing axes, or of the data's rank with size 1 on the
     # batch axis, such as (1, C, 1).
     *(c for c in BINARY_CASES if c.params and (c.op == "Mul" or c.label == "C1-NCL")),
@@ -455,3 +468,9 @@ def test_maxpool_sends_ties_to_the_first_maximum_like_torch(kernel: int, stride:
     leaf = f64(x).requires_grad_(True)
     torch.nn.functional.max_pool1d(leaf, kernel, stride).backward(f64(upstream))
     np.testing.assert_array_equal(grads["x"], leaf.grad.numpy())
+
+
+def test_conv_cases_cover_both_im2col_layouts() -> None:
+    for cases in (CONV_CASES, [c for c in PER_EXAMPLE_CASES if c.op == "Conv"]):
+        channels = {c.shapes["x"][1] for c in cases}
+        assert min(channels) < SLICE_IM2COL_BELOW_CHANNELS <= max(channels)

@@ -190,12 +190,12 @@ def test_write_tflite_and_load_from_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("window_shape", "rr_shape", "match"), [
-    ((2, 1, 100), (2, 8), "window must have shape"),
-    ((2, 128), (2, 8), "window must have shape"),
-    ((2, 2, 128), (2, 8), "window must have shape"),
+    ((2, 1, 100), (2, 8), "windows must have shape"),
+    ((2, 100), (2, 8), "windows must have shape"),
+    ((2, 2, 128), (2, 8), "windows must have shape"),
     ((2, 1, 128), (2, 7), "rr must have shape"),
     ((2, 1, 128), (8,), "rr must have shape"),
-    ((2, 1, 128), (3, 8), "examples"),
+    ((2, 1, 128), (3, 8), r"rr must have shape \(2, 8\)"),
 ])
 def test_bad_input_shape_is_a_value_error(window_shape: tuple[int, ...],
                                           rr_shape: tuple[int, ...], match: str) -> None:
@@ -204,10 +204,21 @@ def test_bad_input_shape_is_a_value_error(window_shape: tuple[int, ...],
         model.predict(np.zeros(window_shape, np.float32), np.zeros(rr_shape, np.float32))
 
 
-def test_non_float_input_is_a_value_error() -> None:
+def test_non_numeric_or_non_finite_input_is_a_value_error() -> None:
     model = TFLiteModel(exported("ecg-cnn-s", 0))
-    with pytest.raises(ValueError, match="floating-point"):
-        model.predict(np.zeros((1, 1, 128), np.int16), np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match="numeric"):
+        model.predict(np.full((1, 1, 128), "x"), np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(np.full((1, 1, 128), np.nan, np.float32), np.zeros((1, 8), np.float32))
+
+
+def test_inputs_are_accepted_as_the_onnx_path_accepts_them() -> None:
+    """(n, W) windows and integer samples (raw ADC counts) work as with the ORT trainer."""
+    model = TFLiteModel(exported("ecg-cnn-s", 0))
+    window = np.arange(2 * 128, dtype=np.int16).reshape(2, 128) % 7
+    rr = np.ones((2, 8), np.float32)
+    np.testing.assert_array_equal(model.predict(window, rr),
+                                  model.predict(window[:, None, :].astype(np.float32), rr))
 
 
 def test_empty_batch_gives_no_rows() -> None:
