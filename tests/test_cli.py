@@ -49,7 +49,20 @@ def test_build_info_train_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert summary["synthetic"] is True
     assert "SYNTHETIC" in summary["data"]
     assert summary["loss_last"] < summary["loss_first"]
+    assert summary["aami"]["beats"] == summary["test_beats"]
+    assert summary["aami"]["accuracy"] == summary["test_accuracy"]
     assert (tmp_path / "trained.bin").stat().st_size == 4 * 4973
+
+
+def test_train_prints_the_aami_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
+    run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"),
+        "--optimizer", "sgd")
+    code, out, err = run("model", "train", str(tmp_path / "m"), "--epochs", "1")
+    assert code == 0
+    assert "SYNTHETIC DATA" in err
+    for text in ("SYNTHETIC test set", "+P", "macro-F1 (N,S,V,F)", "confusion matrix"):
+        assert text in out
 
 
 def test_unknown_model_is_a_usage_error(tmp_path: Path) -> None:

@@ -40,9 +40,13 @@ def cli() -> None:
 
 def _register() -> None:
     from fedbeat.tools.cli_bench import bench
+    from fedbeat.tools.cli_data import data
+    from fedbeat.tools.cli_evaluate import evaluate
     from fedbeat.tools.cli_model import model
 
+    cli.add_command(data)
     cli.add_command(model)
+    cli.add_command(evaluate)
     cli.add_command(bench)
 
 

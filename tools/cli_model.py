@@ -10,10 +10,11 @@ import click
 import numpy as np
 from rich.table import Table
 
+from fedbeat.models.metrics import AamiMetrics
 from fedbeat.models.zoo import ARCHITECTURES, create_architecture
+from fedbeat.tools.cli_evaluate import print_metrics, warn_synthetic
 from fedbeat.tools.datasets import DATA_ENV, load_dataset, stack
 from fedbeat.tools.errors import UsageError
-from fedbeat.tools.evaluate import balanced_class_weight, class_recall, confusion_matrix
 from fedbeat.tools.output import emit_json, progress_bar, stderr, stdout
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
@@ -122,40 +123,39 @@ def info(model_dir: Path, as_json: bool) -> None:
 def train(model_dir: Path, data_dir: Path | None, epochs: int, batch_size: int, lr: float,
           optimizer: str, dp_noise: float | None, dp_clip: float, threads: int, seed: int,
           out_params: Path | None, as_json: bool) -> None:
-    """Train a built model on one machine and report test sensitivity per class.
+    """Train a built model on one machine and report the AAMI EC57 metrics on the test set.
 
     With MIT-BIH data this is the inter-patient protocol (train DS1, test DS2); without, a
     synthetic cohort (clearly labelled as such).
     """
-    from fedbeat.device.trainer import DpSgdConfig, TrainConfig, Trainer
+    from fedbeat.device.trainer import DpSgdConfig, TrainConfig, Trainer, balanced_class_weight
 
     trainer = Trainer(model_dir, threads=threads)
     dataset = load_dataset(data_dir, seed=seed)
     if dataset.synthetic and not as_json:
-        stderr.print("[bold yellow]SYNTHETIC DATA[/]: no MIT-BIH directory given "
-                     f"(--data or ${DATA_ENV}); results say nothing about real patients.")
+        warn_synthetic()
     train_beats = trainer.beats(*stack(dataset.train))
     test_beats = trainer.beats(*stack(dataset.test))
     if train_beats.labels is None or test_beats.labels is None:
         raise UsageError("training and test data must be labelled")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                         class_weight=balanced_class_weight(train_beats.labels), seed=seed)
+                         class_weight=balanced_class_weight(
+                             train_beats.labels, len(trainer.manifest.inputs.classes)),
+                         seed=seed)
     dp = None if dp_noise is None else DpSgdConfig(noise_multiplier=dp_noise, clip_norm=dp_clip)
     started = time.perf_counter()
     with progress_bar("training", 1, enabled=not as_json) as advance:
         result = trainer.fit(train_beats, config, dp=dp, progress=advance)
     seconds = time.perf_counter() - started
-    predicted = trainer.predict(test_beats).argmax(axis=1)
-    matrix = confusion_matrix(test_beats.labels, predicted)
+    metrics = AamiMetrics.from_labels(test_beats.labels,
+                                      trainer.predict(test_beats).argmax(axis=1))
     losses = result.losses[np.isfinite(result.losses)]
-    recall = class_recall(matrix)
     summary: dict[str, Any] = {
         "model": trainer.manifest.model, "data": dataset.source, "synthetic": dataset.synthetic,
         "train_beats": len(train_beats), "test_beats": len(test_beats), "steps": result.steps,
         "loss_first": float(losses[: max(1, len(losses) // 10)].mean()),
         "loss_last": float(losses[-max(1, len(losses) // 10):].mean()),
-        "test_accuracy": float(np.trace(matrix) / matrix.sum()),
-        "test_sensitivity": recall, "confusion_matrix": matrix,
+        "test_accuracy": metrics.accuracy, "aami": metrics.to_json(),
         "samples_per_s": result.examples_seen / seconds, "seconds": seconds,
         "dp": None if result.dp is None else vars(result.dp),
     }
@@ -168,7 +168,4 @@ def train(model_dir: Path, data_dir: Path | None, epochs: int, batch_size: int, 
     stdout.print(f"{summary['data']}\n{result.steps} steps in {seconds:.1f} s; loss "
                  f"{summary['loss_first']:.3f} -> {summary['loss_last']:.3f}; "
                  f"test accuracy {summary['test_accuracy']:.3f}")
-    table = Table("class", "test sensitivity", "test beats")
-    for i, (name, value) in enumerate(recall.items()):
-        table.add_row(name, "-" if value is None else f"{value:.3f}", str(matrix[i].sum()))
-    stdout.print(table)
+    print_metrics(metrics, "test set", synthetic=dataset.synthetic)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fedbeat.device.ecg.mitdb import DS1, DS2, RecordBeats, read_record_beats
+from fedbeat.device.ecg.mitdb import (
+    DS1,
+    DS2,
+    RecordBeats,
+    RecordError,
+    read_record_beats,
+)
 from fedbeat.device.ecg.synthetic import synthetic_patient
 from fedbeat.tools.errors import UsageError
 
@@ -31,8 +37,8 @@ def find_mitdb(path: Path) -> Path:
         if (candidate / "100.hea").is_file():
             return candidate
     raise UsageError(f"{path} holds no MIT-BIH records (expected 100.hea there or in mitdb/); "
-                     f"download them with PhysioNet's tools or point --data / ${DATA_ENV} at a "
-                     "local copy")
+                     "download them with 'fedbeat data download mitdb --dir DIR' or point --data / "
+                     f"${DATA_ENV} at a local copy")
 
 
 def default_data_dir() -> Path | None:
@@ -48,11 +54,15 @@ def stack(records: list[RecordBeats]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def load_dataset(data_dir: Path | None, *, train_records: tuple[str, ...] = DS1,
                  test_records: tuple[str, ...] = DS2, synthetic_patients: int = 12,
                  seed: int = 0) -> Dataset:
-    """MIT-BIH inter-patient split if ``data_dir`` is set, else synthetic patients."""
+    """MIT-BIH inter-patient split if ``data_dir`` is set, else synthetic patients.
+
+    The default is de Chazal et al.'s DS1/DS2 exactly as published, so results compare with
+    the literature, although it puts record 201 in DS1 and record 202, the same patient, in
+    DS2 (see docs/data.md). Federated device grouping uses ``patient_of`` instead.
+    """
     if data_dir is not None:
         root = find_mitdb(data_dir)
-        return Dataset([read_record_beats(root, r) for r in train_records],
-                       [read_record_beats(root, r) for r in test_records],
+        return Dataset(_read_records(root, train_records), _read_records(root, test_records),
                        f"MIT-BIH Arrhythmia Database at {root} (train {len(train_records)} "
                        f"records, test {len(test_records)})", synthetic=False)
     patients = [synthetic_patient(seed * 1000 + i) for i in range(synthetic_patients)]
@@ -60,3 +70,10 @@ def load_dataset(data_dir: Path | None, *, train_records: tuple[str, ...] = DS1,
     return Dataset(patients[:split], patients[split:],
                    f"SYNTHETIC ECG ({synthetic_patients} simulated patients; not clinical data)",
                    synthetic=True)
+
+
+def _read_records(root: Path, records: tuple[str, ...]) -> list[RecordBeats]:
+    try:
+        return [read_record_beats(root, r) for r in records]
+    except RecordError as exc:
+        raise UsageError(str(exc)) from None

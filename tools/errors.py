@@ -7,6 +7,7 @@ CLI turns exactly these into a one-line message and exit status 1, never a trace
 from __future__ import annotations
 
 from fedbeat.device.beats import InvalidBeatsError
+from fedbeat.device.ecg.records import RecordError
 from fedbeat.models.manifest import ModelFileError
 from fedbeat.models.params import ParamError
 from fedbeat.models.zoo import UnknownModelError
@@ -17,5 +18,5 @@ class UsageError(Exception):
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    UsageError, ModelFileError, InvalidBeatsError, ParamError, UnknownModelError,
+    UsageError, ModelFileError, InvalidBeatsError, ParamError, UnknownModelError, RecordError,
 )
