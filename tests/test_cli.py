@@ -16,6 +16,21 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.fixture(autouse=True)
+def no_data_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests exercise the synthetic default; MIT-BIH runs are tested elsewhere."""
+    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
+
+
+@pytest.fixture
+def sgd_model(tmp_path: Path) -> Path:
+    """``ecg-cnn-s`` built with the SGD graphs only (the quickest build)."""
+    code, _, _ = run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"),
+                     "--optimizer", "sgd")
+    assert code == 0
+    return tmp_path / "m"
+
+
 def test_help_lists_only_built_groups() -> None:
     code, out, _ = run("--help")
     assert code == 0
@@ -32,8 +47,7 @@ def test_model_list_json() -> None:
     assert 30_000 <= rows["ecg-cnn-m"] <= 100_000
 
 
-def test_build_info_train_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
+def test_build_info_train_round_trip(tmp_path: Path) -> None:
     model_dir = tmp_path / "m"
     code, out, _ = run("model", "build", "--model", "ecg-cnn-s", "--out", str(model_dir),
                        "--optimizer", "sgd", "--json")
@@ -54,11 +68,8 @@ def test_build_info_train_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert (tmp_path / "trained.bin").stat().st_size == 4 * 4973
 
 
-def test_train_prints_the_aami_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
-    run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"),
-        "--optimizer", "sgd")
-    code, out, err = run("model", "train", str(tmp_path / "m"), "--epochs", "1")
+def test_train_prints_the_aami_metrics(sgd_model: Path) -> None:
+    code, out, err = run("model", "train", str(sgd_model), "--epochs", "1")
     assert code == 0
     assert "SYNTHETIC DATA" in err
     for text in ("SYNTHETIC test set", "+P", "macro-F1 (N,S,V,F)", "confusion matrix"):
@@ -78,19 +89,14 @@ def test_broken_model_dir_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
-def test_optimizer_not_built_is_explained(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
-    run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"),
-        "--optimizer", "sgd")
-    code, _, err = run("model", "train", str(tmp_path / "m"), "--optimizer", "adam")
+def test_optimizer_not_built_is_explained(sgd_model: Path) -> None:
+    code, _, err = run("model", "train", str(sgd_model), "--optimizer", "adam")
     assert code == 1
     assert "without optimizer 'adam'" in err
 
 
-def test_missing_data_dir_is_explained(tmp_path: Path) -> None:
-    run("model", "build", "--model", "ecg-cnn-s", "--out", str(tmp_path / "m"))
-    code, _, err = run("model", "train", str(tmp_path / "m"), "--data", str(tmp_path))
+def test_missing_data_dir_is_explained(sgd_model: Path, tmp_path: Path) -> None:
+    code, _, err = run("model", "train", str(sgd_model), "--data", str(tmp_path))
     assert code == 1
     assert "no MIT-BIH records" in err
 
