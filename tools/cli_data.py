@@ -11,10 +11,12 @@ def data() -> None:
 
 
 def _register() -> None:
+    from fedbeat.tools.data_qrs import qrs_eval
     from fedbeat.tools.data_records import download, info
 
     data.add_command(download)
     data.add_command(info)
+    data.add_command(qrs_eval)
 
 
 _register()
