@@ -43,9 +43,11 @@ def _register() -> None:
     from fedbeat.tools.cli_data import data
     from fedbeat.tools.cli_evaluate import evaluate
     from fedbeat.tools.cli_model import model
+    from fedbeat.tools.cli_train import train
 
     cli.add_command(data)
     cli.add_command(model)
+    cli.add_command(train)
     cli.add_command(evaluate)
     cli.add_command(bench)
 

@@ -11,9 +11,11 @@ def bench() -> None:
 
 
 def _register() -> None:
+    from fedbeat.tools.bench_pipeline import pipeline
     from fedbeat.tools.bench_train import train
 
     bench.add_command(train)
+    bench.add_command(pipeline)
 
 
 _register()

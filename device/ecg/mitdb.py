@@ -1,6 +1,7 @@
 """MIT-BIH Arrhythmia Database records as labelled beats (Moody & Mark 2001, PhysioNet).
 
-The reference annotations give the R peaks here; live devices use the QRS detector instead.
+The reference annotations give the R peaks here; live devices use the QRS detector instead, in
+the same streaming pipeline (:mod:`fedbeat.device.ecg.stream`).
 Inter-patient split of de Chazal et al. 2004: train on DS1, test on DS2, paced records
 (102, 104, 107, 217) excluded. Records 201 and 202 come from the same patient
 (:func:`patient_of`). Reading and checking records is generic WFDB work, in
@@ -54,7 +55,10 @@ def lead_preference(lead: str | None = None) -> tuple[str, ...]:
 
 
 def read_record_beats(directory: Path, record: str, lead: str | None = None) -> RecordBeats:
-    """Read a record with ``wfdb``, resample to the canonical rate and extract labelled beats.
+    """Read a record with ``wfdb`` and extract labelled beats as the device pipeline does.
+
+    The lead runs through :class:`~fedbeat.device.ecg.stream.BeatStream` at its native rate
+    with the reference annotations as R peaks, so training features equal device features.
 
     Parameters
     ----------

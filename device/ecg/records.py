@@ -24,8 +24,7 @@ from typing import Any, Final
 import numpy as np
 
 from fedbeat.device.ecg.aami import CLASS_INDEX, SYMBOL_TO_CLASS
-from fedbeat.device.ecg.rr import rr_features
-from fedbeat.device.ecg.windows import beat_windows, causal_bandpass
+from fedbeat.device.ecg.stream import BeatStream, KnownPeaks
 from fedbeat.models.spec import CLASSES, SAMPLE_RATE_HZ
 
 REFERENCE_ANNOTATOR: Final = "atr"
@@ -207,21 +206,26 @@ def read_beat_annotations(directory: Path, record: str,
 
 
 def lead_beats(lead: LeadSignal, annotations: BeatAnnotations) -> RecordBeats:
-    """Resample a lead to the canonical rate, filter it causally and cut labelled beats.
+    """Labelled beats of a lead, computed exactly as a device computes them on a live signal.
 
-    The first and last annotated beats lack a pre- or post-RR interval and are dropped, as are
-    beats too close to either end of the recording for a full window.
+    The whole lead goes through the device's streaming pipeline
+    (:class:`~fedbeat.device.ecg.stream.BeatStream`) at its own sampling rate, with the
+    annotated beats as R peaks: causal band-pass, windows read on the canonical 180 Hz grid,
+    running amplitude normalisation and RR features. The first and last annotated beats lack
+    a pre- or post-RR interval and are dropped, as are beats too close to either end of the
+    recording for a full window.
     """
-    r_peaks = np.round(annotations.samples * SAMPLE_RATE_HZ / lead.rate_hz).astype(np.int64)
-    features = rr_features(r_peaks / SAMPLE_RATE_HZ)            # beats 1 .. n-2
-    inner = slice(1, len(r_peaks) - 1)
-    ecg = causal_bandpass(resample(lead.signal, lead.rate_hz))
-    windows, kept = beat_windows(ecg, r_peaks[inner])
-    if kept.size == 0:
+    try:
+        peaks = KnownPeaks(annotations.samples, annotations.labels)
+        beats = BeatStream(lead.rate_hz, peaks=peaks).push(lead.signal)
+    except ValueError as exc:
+        raise RecordError(f"record {lead.record} lead {lead.lead} cannot be cut into beats "
+                          f"({exc}); check its header and annotation files") from None
+    if len(beats) == 0 or beats.labels is None:
         raise RecordError(f"record {lead.record} has no complete beats (it has "
-                          f"{len(r_peaks)} beat annotations); it cannot be used for training")
-    return RecordBeats(lead.record, windows, features[kept], annotations.labels[inner][kept],
-                       lead.lead)
+                          f"{annotations.samples.size} beat annotations); it cannot be used for "
+                          "training")
+    return RecordBeats(lead.record, beats.windows, beats.rr, beats.labels, lead.lead)
 
 
 def read_beats(directory: Path, record: str, preference: Sequence[str]) -> RecordBeats:
@@ -232,6 +236,9 @@ def read_beats(directory: Path, record: str, preference: Sequence[str]) -> Recor
 
 def resample(ecg: np.ndarray, rate_hz: float, target_hz: float = SAMPLE_RATE_HZ) -> np.ndarray:
     """Polyphase resampling from ``rate_hz`` to ``target_hz``; the duration is kept.
+
+    Beats do not go through this: :func:`lead_beats` reads each window on the canonical grid
+    from the lead at its own rate, as the device does.
 
     The rate ratio is approximated by a fraction with a denominator of at most 1000, exact for
     the integer and 0.1 Hz rates of real recorders.

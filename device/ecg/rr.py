@@ -5,9 +5,15 @@ next beat, so a beat is classified one beat late), never later ones. "Patient RR
 exponential moving average of all RR intervals seen so far, a running estimate of the wearer's
 own rhythm: ratios to it measure prematurity relative to *this* patient, which is what carries
 S-beat detection across patients (de Chazal et al. 2004; Mondéjar-Guerra et al. 2019).
+
+:class:`RrTracker` is the stateful core, fed one R peak at a time; :func:`rr_features` runs it
+over a whole recording, and the streaming pipeline (:mod:`fedbeat.device.ecg.stream`) runs it
+on a live signal, so both compute the same numbers.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 
@@ -18,6 +24,59 @@ LOCAL_BEATS = 8
 
 PATIENT_SMOOTHING = 0.02
 """EMA weight of each new RR interval in the patient average (about 50 beats of memory)."""
+
+
+class RrTracker:
+    """RR features of a stream of R peaks, one beat behind (bounded state: a few numbers).
+
+    Feed R-peak times in order with :meth:`add`; each time returns the features of the
+    previous beat, whose post-RR interval the new time completes.
+    """
+
+    def __init__(self) -> None:
+        self.last_time: float | None = None
+        """Time of the latest R peak, in seconds."""
+        self.pre: float | None = None
+        """Pre-RR interval of the latest R peak (None until two peaks have been seen)."""
+        self.recent: deque[float] = deque(maxlen=LOCAL_BEATS)
+        """The latest ``LOCAL_BEATS`` intervals, ending with ``pre``."""
+        self.patient: float | None = None
+        """EMA of all intervals up to and including ``pre``."""
+
+    def add(self, time_s: float) -> np.ndarray | None:
+        """Take the next R-peak time; return the previous beat's features, if it has a pre-RR.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            Shape (8,) float32, columns in ``RR_FEATURES`` order, for the beat before
+            ``time_s``; None for the first two peaks (no beat with both intervals yet).
+
+        Raises
+        ------
+        ValueError
+            ``time_s`` is not later than the previous R peak.
+        """
+        if self.last_time is None:
+            self.last_time = time_s
+            return None
+        interval = time_s - self.last_time
+        if not interval > 0:
+            raise ValueError("R-peak times must be strictly increasing")
+        features = None if self.pre is None else self._features(interval)
+        self.recent.append(interval)
+        self.patient = interval if self.patient is None else (
+            (1 - PATIENT_SMOOTHING) * self.patient + PATIENT_SMOOTHING * interval)
+        self.pre, self.last_time = interval, time_s
+        return features
+
+    def _features(self, post: float) -> np.ndarray:
+        pre, patient = self.pre, self.patient
+        assert pre is not None
+        assert patient is not None
+        local = sum(self.recent) / len(self.recent)
+        return np.array([pre, post, local, patient, pre / patient, post / patient,
+                         local / patient, pre / post], dtype=np.float64).astype(np.float32)
 
 
 def rr_features(r_times_s: np.ndarray) -> np.ndarray:
@@ -39,17 +98,6 @@ def rr_features(r_times_s: np.ndarray) -> np.ndarray:
         return np.zeros((0, len(RR_FEATURES)), dtype=np.float32)
     if np.any(np.diff(times) <= 0):
         raise ValueError("R-peak times must be strictly increasing")
-    rr = np.diff(times)                      # rr[k] = times[k+1] - times[k]
-    pre, post = rr[:-1], rr[1:]              # for beats 1 .. n-2
-    csum = np.concatenate([[0.0], np.cumsum(rr)])
-    idx = np.arange(1, times.size - 1)       # pre-RR of beat i is rr[i-1]
-    lo = np.maximum(0, idx - LOCAL_BEATS)
-    local = (csum[idx] - csum[lo]) / (idx - lo)
-    patient = np.empty_like(pre)
-    avg = rr[0]
-    for k, value in enumerate(pre):          # EMA over intervals up to and including pre-RR
-        avg = value if k == 0 else (1 - PATIENT_SMOOTHING) * avg + PATIENT_SMOOTHING * value
-        patient[k] = avg
-    features = np.stack([pre, post, local, patient, pre / patient, post / patient,
-                         local / patient, pre / post], axis=1)
-    return features.astype(np.float32)
+    tracker = RrTracker()
+    rows = [tracker.add(t) for t in times.tolist()]
+    return np.stack([row for row in rows if row is not None])

@@ -1,4 +1,4 @@
-"""A few hundred steps on real MIT-BIH beats lower the loss (needs $FEDBEAT_DATA)."""
+"""Five hundred steps on real MIT-BIH beats lower the loss (needs $FEDBEAT_DATA)."""
 
 from __future__ import annotations
 
@@ -28,13 +28,15 @@ def test_training_on_real_beats_lowers_the_loss(model_dirs: dict[str, Path], mod
                                                 real_beats: tuple[np.ndarray, ...]) -> None:
     windows, rr, labels = real_beats
     rng = np.random.default_rng(0)
-    pick = rng.choice(labels.size, size=300 * 32, replace=False)           # 300 steps
+    # 500 steps: at 300, ecg-cnn-s at lr 0.05 sometimes sits on a plateau (1 of 5 seeds
+    # measured); at 500 every seed measured ends below half its starting loss.
+    pick = rng.choice(labels.size, size=500 * 32, replace=False)
     trainer = Trainer(model_dirs[model])
     beats = trainer.beats(windows[pick], rr[pick], labels[pick])
     # Unweighted loss: class weights make the loss itself noisy, and this checks learning.
     result = trainer.fit(beats, TrainConfig(epochs=1, batch_size=32, lr=0.05))
-    assert result.steps == 300
-    assert result.losses[-50:].mean() < 0.7 * result.losses[:50].mean()
+    assert result.steps == 500
+    assert result.losses[-50:].mean() < 0.6 * result.losses[:50].mean()
     # and the model separates V from N on these patients
     predicted = trainer.predict(beats).argmax(axis=1)
     v = labels[pick] == 2

@@ -1,0 +1,66 @@
+"""The centralized baseline: patient-wise folds, epoch selection, the train command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fedbeat.device.ecg.mitdb import DS1, patient_of
+from fedbeat.tools.baseline import BaselineConfig, patient_folds
+from fedbeat.tools.cli import cli
+
+
+def test_folds_partition_the_records_by_patient() -> None:
+    records = [*DS1, "202"]                      # 202 is 201's patient: they must stay together
+    folds = patient_folds(records, 3, seed=0)
+    assert sorted(r for fold in folds for r in fold) == sorted(records)
+    assert len({r for fold in folds for r in fold}) == len(records)
+    together = [fold for fold in folds if "201" in fold]
+    assert "202" in together[0]
+    sizes = [len({patient_of(r) for r in fold}) for fold in folds]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_folds_are_deterministic_per_seed_and_vary_between_seeds() -> None:
+    assert patient_folds(DS1, 3, seed=4) == patient_folds(DS1, 3, seed=4)
+    assert patient_folds(DS1, 3, seed=4) != patient_folds(DS1, 3, seed=5)
+
+
+def test_more_folds_than_patients_is_refused() -> None:
+    with pytest.raises(ValueError, match="patients"):
+        patient_folds(["100", "101"], 3, seed=0)
+    with pytest.raises(ValueError, match="2 folds"):
+        BaselineConfig(folds=1)
+
+
+def test_train_command_selects_epochs_inside_the_training_split(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
+    out = tmp_path / "baseline"
+    result = CliRunner().invoke(cli, ["train", "--model", "ecg-cnn-s", "--out", str(out),
+                                      "--seeds", "0,1", "--folds", "2", "--max-epochs", "2",
+                                      "--json"], catch_exceptions=False)
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["synthetic"] is True
+    for seed in summary["seeds"]:
+        assert 1 <= seed["epochs"] <= 2
+        assert len(seed["fold_val_macro_f1_nsvf"]) == 2                  # one curve per fold
+        assert all(len(curve) == 2 for curve in seed["fold_val_macro_f1_nsvf"])
+        curve = seed["mean_val_macro_f1_nsvf"]
+        assert seed["epochs"] == curve.index(max(curve)) + 1             # best mean epoch
+        assert (out / f"seed-{seed['seed']}" / "params.bin").stat().st_size == 4 * 4973
+    report = summary["report"]
+    assert report["split"] == "ds2"
+    assert report["seeds"] == 2
+    assert 0.0 <= report["macro_f1_nsvf"]["mean"] <= 1.0
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_bad_seed_list_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path), "--seeds", "a,b"])
+    assert result.exit_code == 1
+    assert "--seeds" in result.stderr
