@@ -42,7 +42,7 @@ def test_train_command_selects_epochs_inside_the_training_split(
     out = tmp_path / "baseline"
     result = CliRunner().invoke(cli, ["train", "--model", "ecg-cnn-s", "--out", str(out),
                                       "--seeds", "0,1", "--folds", "2", "--max-epochs", "2",
-                                      "--json"], catch_exceptions=False)
+                                      "--lr", "0.01,0.03", "--json"], catch_exceptions=False)
     assert result.exit_code == 0
     summary = json.loads(result.stdout)
     assert summary["synthetic"] is True
@@ -50,8 +50,12 @@ def test_train_command_selects_epochs_inside_the_training_split(
         assert 1 <= seed["epochs"] <= 2
         assert len(seed["fold_val_macro_f1_nsvf"]) == 2                  # one curve per fold
         assert all(len(curve) == 2 for curve in seed["fold_val_macro_f1_nsvf"])
-        curve = seed["mean_val_macro_f1_nsvf"]
-        assert seed["epochs"] == curve.index(max(curve)) + 1             # best mean epoch
+        by_lr = seed["mean_val_macro_f1_nsvf_by_lr"]
+        assert set(by_lr) == {"0.01", "0.03"}
+        best = max(max(curve) for curve in by_lr.values())             # best (lr, epoch) pair
+        chosen = by_lr[str(seed["lr"])]
+        assert max(chosen) == best
+        assert seed["epochs"] == chosen.index(best) + 1
         assert (out / f"seed-{seed['seed']}" / "params.bin").stat().st_size == 4 * 4973
     report = summary["report"]
     assert report["split"] == "ds2"
@@ -60,7 +64,9 @@ def test_train_command_selects_epochs_inside_the_training_split(
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_bad_seed_list_is_a_clear_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path), "--seeds", "a,b"])
+@pytest.mark.parametrize(("option", "value"), [("--seeds", "a,b"), ("--seeds", "1,1"),
+                                               ("--lr", "fast"), ("--lr", "0.01,-1")])
+def test_bad_seed_or_rate_list_is_a_clear_error(tmp_path: Path, option: str, value: str) -> None:
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path), option, value])
     assert result.exit_code == 1
-    assert "--seeds" in result.stderr
+    assert option in result.stderr

@@ -31,7 +31,7 @@ class BaselineConfig:
     folds: int = 3
     max_epochs: int = 15
     batch_size: int = 32
-    lr: float = 0.01
+    learning_rates: tuple[float, ...] = (0.01,)
     momentum: float = 0.9
     seed: int = 0
 
@@ -40,6 +40,8 @@ class BaselineConfig:
             raise ValueError("cross-validation needs at least 2 folds")
         if self.max_epochs < 1:
             raise ValueError("max_epochs must be at least 1")
+        if not self.learning_rates or min(self.learning_rates) <= 0:
+            raise ValueError("learning_rates needs at least one positive value")
 
 
 @dataclass
@@ -48,14 +50,20 @@ class BaselineResult:
 
     params: Params
     epochs: int
+    lr: float
     folds: list[tuple[str, ...]]
-    fold_curves: list[list[float]] = field(default_factory=list)  # val macro-F1 per epoch
+    fold_curves: dict[float, list[list[float]]] = field(default_factory=dict)  # lr -> folds
+
+    def mean_curve(self, lr: float) -> list[float]:
+        """Validation macro-F1 (N, S, V, F) per epoch at ``lr``, averaged over the folds."""
+        return [float(v) for v in np.mean(self.fold_curves[lr], axis=0)]
 
     def to_json(self) -> dict[str, object]:
-        mean = np.mean(self.fold_curves, axis=0) if self.fold_curves else np.array([])
-        return {"epochs": self.epochs, "folds": [list(f) for f in self.folds],
-                "fold_val_macro_f1_nsvf": self.fold_curves,
-                "mean_val_macro_f1_nsvf": [float(v) for v in mean]}
+        return {"epochs": self.epochs, "lr": self.lr, "folds": [list(f) for f in self.folds],
+                "fold_val_macro_f1_nsvf": self.fold_curves[self.lr],
+                "mean_val_macro_f1_nsvf": self.mean_curve(self.lr),
+                "mean_val_macro_f1_nsvf_by_lr": {str(lr): self.mean_curve(lr)
+                                                 for lr in self.fold_curves}}
 
 
 def patient_folds(records: Sequence[str], folds: int, *, seed: int) -> list[tuple[str, ...]]:
@@ -84,7 +92,7 @@ def _stack(records: Sequence[RecordBeats], trainer: Trainer) -> tuple[Beats, np.
 
 
 def _train_epochs(model_dir: ModelDir, train: Sequence[RecordBeats],
-                  validation: Sequence[RecordBeats] | None, config: BaselineConfig,
+                  validation: Sequence[RecordBeats] | None, config: BaselineConfig, lr: float,
                   epochs: int, stream: int,
                   on_epoch: EpochDone | None) -> tuple[Params, list[float]]:
     """Train ``epochs`` epochs from this seed's initialisation; score validation after each."""
@@ -95,7 +103,7 @@ def _train_epochs(model_dir: ModelDir, train: Sequence[RecordBeats],
     val = _stack(validation, trainer) if validation else None
     curve = []
     for epoch in range(epochs):
-        trainer.fit(beats, TrainConfig(epochs=1, batch_size=config.batch_size, lr=config.lr,
+        trainer.fit(beats, TrainConfig(epochs=1, batch_size=config.batch_size, lr=lr,
                                        momentum=config.momentum, class_weight=weights,
                                        seed=config.seed * 100_003 + stream * 1_009 + epoch))
         if val is not None:
@@ -109,22 +117,26 @@ def _train_epochs(model_dir: ModelDir, train: Sequence[RecordBeats],
 
 def run_baseline(model_dir: ModelDir, records: Sequence[RecordBeats], config: BaselineConfig,
                  on_epoch: EpochDone | None = None) -> BaselineResult:
-    """Cross-validate the epoch count inside ``records``, then train on all of them.
+    """Cross-validate learning rate and epoch count inside ``records``, then train on all.
 
-    The selected epoch count maximises the validation macro-F1 (N, S, V, F) averaged over the
-    folds; each fold validates on patients its training never saw. Training restarts the
-    optimizer state every epoch (one ``Trainer.fit`` per epoch), in the folds and the final
-    run alike.
+    The selected (learning rate, epoch count) maximises the validation macro-F1 (N, S, V, F)
+    averaged over the folds; each fold validates on patients its training never saw. Training
+    restarts the optimizer state every epoch (one ``Trainer.fit`` per epoch), in the folds and
+    the final run alike.
     """
     by_name = {r.record: r for r in records}
     folds = patient_folds(list(by_name), config.folds, seed=config.seed)
-    curves = []
-    for index, held_out in enumerate(folds):
-        train = [by_name[r] for r in by_name if r not in held_out]
-        _, curve = _train_epochs(model_dir, train, [by_name[r] for r in held_out], config,
-                                 config.max_epochs, index, on_epoch)
-        curves.append(curve)
-    epochs = int(np.argmax(np.mean(curves, axis=0))) + 1
-    params, _ = _train_epochs(model_dir, list(records), None, config, epochs, config.folds,
-                              on_epoch)
-    return BaselineResult(params, epochs, folds, curves)
+    curves: dict[float, list[list[float]]] = {}
+    for lr in config.learning_rates:
+        curves[lr] = []
+        for index, held_out in enumerate(folds):
+            train = [by_name[r] for r in by_name if r not in held_out]
+            _, curve = _train_epochs(model_dir, train, [by_name[r] for r in held_out], config,
+                                     lr, config.max_epochs, index, on_epoch)
+            curves[lr].append(curve)
+    means = {lr: np.mean(c, axis=0) for lr, c in curves.items()}
+    lr = max(means, key=lambda rate: float(means[rate].max()))
+    epochs = int(np.argmax(means[lr])) + 1
+    params, _ = _train_epochs(model_dir, list(records), None, config, lr, epochs,
+                              config.folds, on_epoch)
+    return BaselineResult(params, epochs, lr, folds, curves)

@@ -36,6 +36,16 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _parse_rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise UsageError(f"--lr must be comma-separated numbers, got {text!r}") from None
+    if not rates or min(rates) <= 0 or len(set(rates)) != len(rates):
+        raise UsageError("--lr needs positive, distinct learning rates")
+    return rates
+
+
 def _train_seed(model_path: Path, split: Split, config: BaselineConfig,
                 out: Path) -> dict[str, Any]:
     """One seed, start to finish; runs in a worker process when --workers > 1."""
@@ -118,8 +128,9 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
               help="Patient-wise cross-validation folds inside the training split.")
 @click.option("--max-epochs", default=15, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.01, show_default=True,
-              type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", "learning_rates", default="0.01", show_default=True,
+              help="Learning rate, or comma-separated candidates that the cross-validation "
+              "inside the training split chooses from (with the epoch count).")
 @click.option("--report-split", default="ds2", show_default=True,
               type=click.Choice(["ds2", "none"]),
               help="Score every seed's final model here once selection is done.")
@@ -127,25 +138,27 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
               help="Seeds trained in parallel processes (one core each).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def train(data_dir: Path | None, split: str, name: str, out_dir: Path, seeds: str, folds: int,
-          max_epochs: int, batch_size: int, lr: float, report_split: str, workers: int,
-          as_json: bool) -> None:
+          max_epochs: int, batch_size: int, learning_rates: str, report_split: str,
+          workers: int, as_json: bool) -> None:
     """Train the centralized baseline on DS1 and report it on DS2.
 
     For each seed: split DS1's patients into folds, train on all but one fold and score
-    macro-F1 (N, S, V, F) on the held-out patients after every epoch, pick the epoch count
-    with the best mean, then train on all of DS1 for that many epochs. Only then are the
+    macro-F1 (N, S, V, F) on the held-out patients after every epoch, for every candidate
+    learning rate; pick the (learning rate, epoch count) with the best mean, then train on all
+    of DS1 with them. Only then are the
     seeds' models scored on DS2, as mean ± standard deviation over seeds.
     """
     from fedbeat.models.graph.export import build_model_dir
 
     seed_list = _parse_seeds(seeds)
+    rates = _parse_rates(learning_rates)
     training = load_split(data_dir, split, None, seed=0)
     if training.synthetic and not as_json:
         warn_synthetic()
     model_path = out_dir / "model"
     build_model_dir(name, model_path, optimizers=("sgd",))
-    configs = [BaselineConfig(folds=folds, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-                              seed=s) for s in seed_list]
+    configs = [BaselineConfig(folds=folds, max_epochs=max_epochs, batch_size=batch_size,
+                              learning_rates=rates, seed=s) for s in seed_list]
     reports = []
     with progress_bar("seeds", len(configs), enabled=not as_json) as advance, \
             ProcessPoolExecutor(max_workers=workers) as pool:
@@ -166,8 +179,8 @@ def train(data_dir: Path | None, split: str, name: str, out_dir: Path, seeds: st
         emit_json(summary)
         return
     for report in reports:
-        stderr.print(f"seed {report['seed']}: {report['epochs']} epochs chosen by "
-                     f"{folds}-fold patient-wise CV")
+        stderr.print(f"seed {report['seed']}: lr {report['lr']}, {report['epochs']} epochs "
+                     f"chosen by {folds}-fold patient-wise CV")
     if "report" in summary:
         report = summary["report"]
         stdout.print(_summary_table(report, f"{name} on {report['source']}: mean ± sd over "
