@@ -1,7 +1,7 @@
 """MIT-BIH records: AAMI beat counts, the inter-patient split, lead choice, broken input, the
 ``fedbeat data`` commands, and properties of the causal features, filter and resampling.
 
-The expected counts are the data bundle's README table (``/work/shared/data/README.md``), which
+The expected counts are the data bundle's README table (``README.md`` beside ``mitdb/``), which
 matches the published figures; counting them from the ``.atr`` files checks the AAMI mapping.
 """
 
