@@ -1,7 +1,8 @@
 """The ``fedbeat`` command line: one entry point for every role.
 
-Command groups appear here as they are built (``model``, ``bench`` today; ``data``, ``device``,
-``aggregator``, ``broker``, ``keys``, ``simulate`` and ``bundle`` as their issues land).
+Command groups appear here as they are built (``data``, ``model``, ``train``, ``evaluate`` and
+``bench`` today; ``device``, ``aggregator``, ``broker``, ``keys``, ``simulate`` and ``bundle`` as
+their issues land).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def cli() -> None:
     Typical first steps:
       fedbeat model build --model ecg-cnn-s --out models/ecg-cnn-s
       fedbeat model train models/ecg-cnn-s        # synthetic data unless --data
+      fedbeat data info $FEDBEAT_DATA             # what an MIT-BIH copy holds
+      fedbeat train --model ecg-cnn-s --out runs/baseline --data $FEDBEAT_DATA
       fedbeat bench train --model ecg-cnn-m --json
     """
 
