@@ -37,12 +37,16 @@ class GraphRunner:
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self._input_shapes = {i.name: i.shape for i in self.session.get_inputs()}
 
+    def declared_shape(self, name: str) -> tuple[int | str | None, ...]:
+        """Shape of input ``name`` as the graph declares it (symbolic axes as names)."""
+        return tuple(self._input_shapes[name])
+
     def input_shape(self, name: str) -> tuple[int, ...]:
         """Static shape of input ``name`` without its leading (batch) axis."""
-        dims = self._input_shapes[name][1:]
+        dims = self.declared_shape(name)[1:]
         if not all(isinstance(d, int) for d in dims):
             raise ModelFileError(f"input {name!r} has no static shape after the batch axis")
-        return tuple(dims)
+        return tuple(int(d) for d in dims if d is not None)
 
     def run(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, {n: feed[n] for n in self.input_names})
@@ -72,7 +76,7 @@ def _check_parameter_inputs(runner: GraphRunner, model_dir: ModelDir, role: str)
     the graphs agree, so a hand-assembled directory fails here and not mid-training.
     """
     size = model_dir.manifest.layout.size
-    if "params" not in runner.input_names or tuple(runner._input_shapes["params"]) != (size,):
+    if "params" not in runner.input_names or runner.declared_shape("params") != (size,):
         raise ModelFileError(f"{role} graph does not take the {size} parameters of this "
                              "model's layout: it was built for another model; rebuild the "
                              "directory with `fedbeat model build`")

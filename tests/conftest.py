@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-DATA_ENV = "FEDBEAT_DATA"
+from fedbeat.tools.datasets import DATA_ENV, default_data_dir, find_mitdb
+from fedbeat.tools.errors import UsageError
 
 
-def find_mitdb() -> Path | None:
-    """The MIT-BIH directory named by $FEDBEAT_DATA (either the database or its parent)."""
-    root = os.environ.get(DATA_ENV)
-    if not root:
+def configured_mitdb() -> Path | None:
+    """The MIT-BIH directory named by $FEDBEAT_DATA, found the way the CLI finds it."""
+    root = default_data_dir()
+    if root is None:
         return None
-    for candidate in (Path(root), Path(root) / "mitdb"):
-        if (candidate / "100.hea").is_file():
-            return candidate
-    return None
+    try:
+        return find_mitdb(root)
+    except UsageError:
+        return None
 
 
 @pytest.fixture(scope="session")
 def mitdb_dir() -> Path:
     """Path to the MIT-BIH Arrhythmia Database; skips the test when it is not configured."""
-    path = find_mitdb()
+    path = configured_mitdb()
     if path is None:
         pytest.skip(f"MIT-BIH data not found: set {DATA_ENV} to a directory holding mitdb/ "
                     "(e.g. the shared data bundle) to run this test")
