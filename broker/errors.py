@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from enum import Enum
+from enum import StrEnum
 
 
-class RejectReason(str, Enum):
+class RejectReason(StrEnum):
     """A stable, machine-readable name for each way a message can fail.
 
     The values appear in logs, metrics and ``--json`` output; renaming one is a protocol change.
@@ -39,7 +39,7 @@ class RejectReason(str, Enum):
     CHUNK_TIMEOUT = "chunk_timeout"            # a transfer did not complete in time
 
 
-class Rejected(Exception):
+class Rejected(Exception):  # noqa: N818 - a verdict on input, not a bug
     """A message was refused for ``reason``; ``detail`` is safe to log (no payload bytes)."""
 
     def __init__(self, reason: RejectReason, detail: str = "") -> None:
