@@ -28,6 +28,7 @@ from fedbeat.broker.errors import Rejected, RejectReason
 
 _WIRE_DTYPES: dict[str, np.dtype[Any]] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "i8": np.dtype("i1")}
 _INDEX_DTYPE = np.dtype("<u4")
+_MAX_SCALE = float(np.finfo(np.float32).max) / 127.0   # so scale × int8 stays finite
 MAX_NAME_CHARS = 256
 MAX_DIMS = 8
 
@@ -149,8 +150,8 @@ def _decode_one(item: object, max_elements: int) -> tuple[str, np.ndarray]:
     values = np.frombuffer(data, dtype=dtype).astype(np.float32)
     if dtype_name == "i8":
         scale = cbor.field(fields, "scale", float, "tensor")
-        if not (math.isfinite(scale) and scale > 0):
-            raise _bad(f"tensor {name!r}: scale must be finite and positive")
+        if not 0 < scale <= _MAX_SCALE:
+            raise _bad(f"tensor {name!r}: scale must be positive and fit float32")
         values = values * np.float32(scale)
     elif "scale" in fields:
         raise _bad(f"tensor {name!r}: scale only belongs to i8")
