@@ -118,6 +118,10 @@ class ClientOptions:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     connect_timeout_s: float = 10.0
+    # amqtt neither answers nor closes an MQTT 5 CONNECT that carries properties, so with
+    # protocol "auto" silence for this long means "try 3.1.1" (a slow MQTT 5 broker then
+    # simply gets 3.1.1, which loses nothing the protocol needs).
+    mqtt5_probe_timeout_s: float = 3.0
     publish_timeout_s: float = 60.0
     chunk_limit: int = DEFAULT_CHUNK_LIMIT
 
@@ -140,6 +144,7 @@ class MqttClient:
         self.options = options or ClientOptions()
         self._handlers: dict[str, tuple[Handler, int]] = {}
         self._connected = threading.Event()
+        self._answered = threading.Event()     # CONNACK or a closed socket, during connect
         self._connack: str | None = None
         self._lock = threading.Lock()
         self.max_packet_bytes: int | None = None
@@ -182,6 +187,7 @@ class MqttClient:
             properties = _properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.options.session_expiry_s
         self._connected.clear()
+        self._answered.clear()
         self._connack = None
         try:
             client.connect(self.url.host, self.url.port, self.options.keepalive_s,
@@ -190,7 +196,10 @@ class MqttClient:
         except (OSError, ssl.SSLError) as exc:
             raise BrokerConnectionError(self._explain(exc)) from None
         client.loop_start()
-        if not self._connected.wait(self.options.connect_timeout_s):
+        probing = v5 and self.options.protocol == "auto"
+        self._answered.wait(self.options.mqtt5_probe_timeout_s if probing
+                            else self.options.connect_timeout_s)
+        if not self._connected.is_set():
             client.loop_stop()
             client.disconnect()
             raise BrokerConnectionError(
@@ -223,6 +232,7 @@ class MqttClient:
         if reason.is_failure:
             self._connack = str(reason)
             client.disconnect()             # a refused client must not retry forever
+            self._answered.set()
             return
         maximum = getattr(properties, "MaximumPacketSize", None) if properties else None
         self.max_packet_bytes = int(maximum) if maximum else None
@@ -232,11 +242,16 @@ class MqttClient:
             for topic_filter, (_, qos) in handlers.items():
                 client.subscribe(topic_filter, qos=qos)
         self._connected.set()
+        self._answered.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object,
                        flags: mqtt.DisconnectFlags, reason: ReasonCode,
                        properties: Properties | None) -> None:
         self._connected.clear()
+        if not self._answered.is_set():     # closed before any CONNACK: e.g. MQTT 5 refused
+            self._connack = f"connection closed ({reason})"
+            self._answered.set()
+            return
         if reason.is_failure:
             log.warning("lost %s (%s); reconnecting with backoff", self.url, reason)
 
