@@ -1,8 +1,8 @@
 """The ``fedbeat`` command line: one entry point for every role.
 
-Command groups appear here as they are built (``data``, ``model``, ``train``, ``evaluate`` and
-``bench`` today; ``device``, ``aggregator``, ``broker``, ``keys``, ``simulate`` and ``bundle`` as
-their issues land).
+Command groups appear here as they are built (``data``, ``model``, ``train``, ``evaluate``,
+``bench``, ``keys`` and ``broker`` today; ``device``, ``aggregator``, ``simulate`` and ``bundle``
+as their issues land).
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ def cli() -> None:
       fedbeat data info $FEDBEAT_DATA             # what an MIT-BIH copy holds
       fedbeat train --model ecg-cnn-s --out runs/baseline --data $FEDBEAT_DATA
       fedbeat bench train --model ecg-cnn-m --json
+      fedbeat keys init --dir keys --fleet ward-7 && fedbeat keys add-device dev-001 --dir keys
+      fedbeat broker run --keys keys
     """
 
 
 def _register() -> None:
     from fedbeat.tools.cli_bench import bench
+    from fedbeat.tools.cli_broker import broker
     from fedbeat.tools.cli_data import data
     from fedbeat.tools.cli_evaluate import evaluate
+    from fedbeat.tools.cli_keys import keys
     from fedbeat.tools.cli_model import model
     from fedbeat.tools.cli_train import train
 
@@ -53,6 +57,8 @@ def _register() -> None:
     cli.add_command(train)
     cli.add_command(evaluate)
     cli.add_command(bench)
+    cli.add_command(keys)
+    cli.add_command(broker)
 
 
 _register()

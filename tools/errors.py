@@ -6,11 +6,14 @@ CLI turns exactly these into a one-line message and exit status 1, never a trace
 
 from __future__ import annotations
 
+from fedbeat.broker.identity import KeyFileError
+from fedbeat.broker.launch import BrokerError
 from fedbeat.device.beats import InvalidBeatsError
 from fedbeat.device.ecg.records import RecordError
 from fedbeat.models.manifest import ModelFileError
 from fedbeat.models.params import ParamError
 from fedbeat.models.zoo import UnknownModelError
+from fedbeat.tools.pki import KeyExistsError, UnknownDeviceError
 
 
 class UsageError(Exception):
@@ -19,4 +22,5 @@ class UsageError(Exception):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError, ModelFileError, InvalidBeatsError, ParamError, UnknownModelError, RecordError,
+    KeyFileError, KeyExistsError, UnknownDeviceError, BrokerError,
 )
