@@ -50,11 +50,14 @@ class MessageType(StrEnum):
     MODEL = "model"      # aggregator: global model
     DIRECT = "direct"    # aggregator → one device (its inbox)
     UPDATE = "update"    # device: model update, sealed to the aggregator
-    STATUS = "status"    # device: presence and progress
+    STATUS = "status"    # device or aggregator: presence and progress
 
-    @property
-    def signed_by_aggregator(self) -> bool:
-        return self in (MessageType.ROUND, MessageType.MODEL, MessageType.DIRECT)
+    def allows_sender(self, sender: str) -> bool:
+        """Round, model and direct messages come only from the aggregator, updates only from
+        devices; either may send status."""
+        if self in (MessageType.ROUND, MessageType.MODEL, MessageType.DIRECT):
+            return sender == AGGREGATOR_ID
+        return self is MessageType.STATUS or sender != AGGREGATOR_ID
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Header:
             raise Rejected(RejectReason.MALFORMED, "invalid fleet id")
         if not SENDER_ID.fullmatch(self.sender):
             raise Rejected(RejectReason.MALFORMED, "invalid sender id")
-        if self.type.signed_by_aggregator != (self.sender == AGGREGATOR_ID):
+        if not self.type.allows_sender(self.sender):
             raise Rejected(RejectReason.UNKNOWN_TYPE,
                            f"{self.type.value} messages cannot come from {self.sender!r}")
         for name in ("round", "model_version", "created_at_ms"):

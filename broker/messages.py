@@ -34,6 +34,7 @@ DEFAULT_MAX_ELEMENTS = 4_000_000      # 16 MB of float32 once decoded
 
 LOSSLESS = Float32()
 DEFAULT_LIMITS = ReassemblyLimits()
+_REPLAY_CHECKED = (MessageType.UPDATE, MessageType.DIRECT)
 _DEVICE_TOPIC_TYPES = {"update": MessageType.UPDATE, "status": MessageType.STATUS,
                        "inbox": MessageType.DIRECT}
 
@@ -113,8 +114,10 @@ class Receiver:
     """The receive path of one fleet (see the module docstring); not thread-safe.
 
     ``resolve_key`` maps a header to the key that must have signed it, raising
-    ``Rejected(UNKNOWN_SENDER / REVOKED_SENDER)``. ``replay`` may be ``None`` for retained
-    topics, where the broker legitimately redelivers the same message on every subscribe.
+    ``Rejected(UNKNOWN_SENDER / REVOKED_SENDER)``. ``replay`` guards the non-retained types
+    (updates and direct messages); round, model and status messages are retained, so the broker
+    legitimately redelivers the same one on every subscribe, and their consumers compare round
+    and model versions instead.
     """
 
     def __init__(self, fleet: str, resolve_key: KeyResolver, *,
@@ -162,7 +165,7 @@ class Receiver:
             raise Rejected(RejectReason.UNKNOWN_TYPE,
                            f"{header.type.value} not expected on this topic")
         message = unverified.verify(self.resolve_key(header))
-        if self.replay is not None:
+        if self.replay is not None and header.type in _REPLAY_CHECKED:
             self.replay.check(header)
         return message
 
@@ -175,5 +178,5 @@ class Receiver:
         if topic == self.topics.model or topic.startswith(self.topics.model + "/"):
             return AGGREGATOR_ID, (MessageType.MODEL,)
         if topic == self.topics.aggregator_status:
-            return AGGREGATOR_ID, (MessageType.DIRECT,)
+            return AGGREGATOR_ID, (MessageType.STATUS,)
         raise Rejected(RejectReason.UNKNOWN_TYPE, "topic is not part of the fleet's tree")

@@ -26,7 +26,8 @@ import numpy as np
 from fedbeat.broker import cbor
 from fedbeat.broker.errors import Rejected, RejectReason
 
-_WIRE_DTYPES: dict[str, np.dtype[Any]] = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "i8": np.dtype("i1")}
+_WIRE_DTYPES: dict[str, np.dtype[Any]] = {
+    "f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "i8": np.dtype("i1")}
 _INDEX_DTYPE = np.dtype("<u4")
 _MAX_SCALE = float(np.finfo(np.float32).max) / 127.0   # so scale × int8 stays finite
 MAX_NAME_CHARS = 256

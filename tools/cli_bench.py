@@ -13,9 +13,11 @@ def bench() -> None:
 def _register() -> None:
     from fedbeat.tools.bench_pipeline import pipeline
     from fedbeat.tools.bench_train import train
+    from fedbeat.tools.bench_transport import transport
 
     bench.add_command(train)
     bench.add_command(pipeline)
+    bench.add_command(transport)
 
 
 _register()
