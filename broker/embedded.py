@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import ipaddress
 import logging
 import signal
@@ -112,6 +113,12 @@ class EmbeddedBroker(BrokerProcess):
         if log_path is None:
             log_path = Path(tempfile.mkdtemp(prefix="fedbeat-amqtt-")) / "amqtt.log"
         super().__init__(log_path=log_path, startup_timeout_s=startup_timeout_s)
+
+    def _prepare(self) -> None:
+        if importlib.util.find_spec("amqtt") is None:
+            raise BrokerError("the embedded broker needs amqtt: pip install 'fedbeat[sim]' "
+                              "(or install Mosquitto, e.g. apt-get install mosquitto)")
+        super()._prepare()
 
     def _argv(self) -> Sequence[str]:
         return [sys.executable, "-m", "fedbeat.broker.embedded",

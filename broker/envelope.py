@@ -18,7 +18,6 @@ size check → outer structure → header fields → the sender's key (from the 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedbeat.broker import cbor, crypto
 from fedbeat.broker.errors import Rejected, RejectReason
-from fedbeat.broker.topics import AGGREGATOR_ID
+from fedbeat.broker.topics import AGGREGATOR_ID, DEVICE_ID, FLEET_ID
 
 PROTOCOL_VERSION = 1
 COSE_SIGN1_TAG = 18
@@ -39,8 +38,6 @@ NONCE_BYTES = 16
 MAX_HEADER_BYTES = 512
 MAX_ROUND = 2**53 - 1          # stays exact in every JSON/JavaScript consumer
 
-FLEET_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-SENDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class MessageType(StrEnum):
@@ -90,7 +87,7 @@ class Header:
                            f"protocol version {self.version}, expected {PROTOCOL_VERSION}")
         if not FLEET_ID.fullmatch(self.fleet):
             raise Rejected(RejectReason.MALFORMED, "invalid fleet id")
-        if not SENDER_ID.fullmatch(self.sender):
+        if not DEVICE_ID.fullmatch(self.sender):
             raise Rejected(RejectReason.MALFORMED, "invalid sender id")
         if not self.type.allows_sender(self.sender):
             raise Rejected(RejectReason.UNKNOWN_TYPE,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +36,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-FORMAT_VERSION = 1
-AGGREGATOR_ID = "aggregator"
-"""The aggregator's identity (its certificate CN); reserved, never a device id."""
+from fedbeat.broker.topics import AGGREGATOR_ID, DEVICE_ID, FLEET_ID
 
-_FLEET_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_DEVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+FORMAT_VERSION = 1
 
 
 class KeyFileError(Exception):
@@ -59,7 +55,7 @@ def validate_fleet_id(fleet: str) -> str:
     or digit. It appears in every topic (``fedbeat/<fleet>/…``), so MQTT wildcards and ``/`` are
     excluded by construction.
     """
-    if not isinstance(fleet, str) or not _FLEET_RE.fullmatch(fleet):
+    if not isinstance(fleet, str) or not FLEET_ID.fullmatch(fleet):
         raise ValueError(f"invalid fleet id {fleet!r}: use 1-63 characters a-z, 0-9 and '-', "
                          "starting with a letter or digit")
     return fleet
@@ -72,7 +68,7 @@ def validate_device_id(device_id: str) -> str:
     or digit, and is not ``aggregator``. It is the device's certificate CN, its MQTT user name
     for the broker's ACLs and a topic level, so ``+``, ``#`` and ``/`` must never occur.
     """
-    if not isinstance(device_id, str) or not _DEVICE_RE.fullmatch(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
         raise ValueError(f"invalid device id {device_id!r}: use 1-64 characters A-Z, a-z, 0-9, "
                          "'_' and '-', starting with a letter or digit")
     if device_id == AGGREGATOR_ID:

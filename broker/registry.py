@@ -25,6 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedbeat.broker.envelope import Header, KeyResolver
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.identity import (
     FORMAT_VERSION,
@@ -33,6 +34,7 @@ from fedbeat.broker.identity import (
     validate_device_id,
     validate_fleet_id,
 )
+from fedbeat.broker.topics import AGGREGATOR_ID
 
 
 @dataclass(frozen=True)
@@ -193,3 +195,17 @@ class DeviceRegistry:
         """Every entry, revoked ones included, sorted by id."""
         with self._lock:
             return [self._records[i] for i in sorted(self._records)]
+
+
+def fleet_key_resolver(registry: DeviceRegistry,
+                       aggregator_key: Ed25519PublicKey) -> KeyResolver:
+    """The signer's key for a header: the aggregator's for its messages, the registry's for a
+    device's. The registry is re-read when its file changes, so a revocation applies to the
+    next message without a restart (a ``stat`` per message is the price)."""
+
+    def resolve(header: Header) -> Ed25519PublicKey:
+        if header.sender == AGGREGATOR_ID:
+            return aggregator_key
+        registry.reload_if_changed()
+        return registry.signing_key(header.sender)
+    return resolve

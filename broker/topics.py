@@ -9,10 +9,19 @@ only its own ``update`` and ``status`` topics and reads only the fleet's public 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 ROOT = "fedbeat"
-AGGREGATOR_ID = "aggregator"   # reserved sender id of the aggregator; never a device id
+AGGREGATOR_ID = "aggregator"
+"""The aggregator's identity (sender id, certificate CN); reserved, never a device id."""
+
+FLEET_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+"""A fleet id (use with ``fullmatch``): a topic level, so no ``/``, ``+`` or ``#``."""
+
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""A device id, also an MQTT user name and topic level (``aggregator`` matches, but is
+reserved)."""
 
 
 @dataclass(frozen=True)

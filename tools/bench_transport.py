@@ -45,7 +45,7 @@ from fedbeat.broker.messages import (
     seal_update,
 )
 from fedbeat.broker.mosquitto import MosquittoBroker, MosquittoConfig, find_mosquitto
-from fedbeat.broker.registry import DeviceRegistry
+from fedbeat.broker.registry import DeviceRegistry, fleet_key_resolver
 from fedbeat.broker.replay import ReplayGuard
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
 from fedbeat.tools import pki
@@ -117,7 +117,7 @@ def measure_end_to_end(keys: Path, work: Path, *, params: int, updates: int, dev
     broker, url, tls = _start_broker(keys, work, broker_kind)
     aggregator = AggregatorIdentity.load(keys)
     registry = DeviceRegistry.load(aggregator.registry_path)
-    receiver = Receiver(FLEET, lambda header: registry.signing_key(header.sender),
+    receiver = Receiver(FLEET, fleet_key_resolver(registry, aggregator.signing_key.public_key()),
                         replay=ReplayGuard())
     topics = FleetTopics(FLEET)
     received: set[bytes] = set()

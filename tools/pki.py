@@ -34,7 +34,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedbeat.broker import identity as ident
 from fedbeat.broker.identity import (
-    AGGREGATOR_ID,
     FORMAT_VERSION,
     KeyFileError,
     KeyLayout,
@@ -44,6 +43,7 @@ from fedbeat.broker.identity import (
     validate_fleet_id,
 )
 from fedbeat.broker.registry import DeviceRecord, read_registry, registry_to_json
+from fedbeat.broker.topics import AGGREGATOR_ID
 
 CA_VALIDITY = dt.timedelta(days=20 * 365)
 LEAF_VALIDITY = dt.timedelta(days=10 * 365)

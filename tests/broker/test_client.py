@@ -18,6 +18,7 @@ import pytest
 from fedbeat.broker.client import BrokerConnectionError, ClientOptions, MqttClient, TlsFiles, Will
 from fedbeat.broker.embedded import EmbeddedBroker
 from fedbeat.broker.envelope import Header, MessageType
+from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.identity import AggregatorIdentity, DeviceIdentity
 from fedbeat.broker.launch import free_port
 from fedbeat.broker.messages import (
@@ -29,34 +30,46 @@ from fedbeat.broker.messages import (
     sign_plain,
 )
 from fedbeat.broker.mosquitto import MosquittoBroker
-from fedbeat.broker.registry import DeviceRegistry
+from fedbeat.broker.registry import DeviceRegistry, fleet_key_resolver
 from fedbeat.broker.replay import ReplayGuard
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
+from fedbeat.tools import pki
 
 TIMEOUT_S = 15.0
+
+
+def tls_files(identity: DeviceIdentity | AggregatorIdentity, url: str) -> TlsFiles | None:
+    """The identity's TLS files for a TLS URL; ``None`` for the plaintext embedded broker."""
+    if not url.startswith(("mqtts:", "wss:")):
+        return None
+    return TlsFiles(identity.ca_cert, identity.client_cert, identity.client_key)
 
 
 def device_client(url: str, keys: Path, device: str, **kw: object) -> tuple[MqttClient,
                                                                            DeviceIdentity]:
     identity = DeviceIdentity.load(keys / "devices" / device)
-    tls = TlsFiles(identity.ca_cert, identity.client_cert, identity.client_key)
-    return MqttClient(url, device, tls=tls, **kw), identity  # type: ignore[arg-type]
+    return (MqttClient(url, device, tls=tls_files(identity, url), **kw),  # type: ignore[arg-type]
+            identity)
 
 
 def aggregator_client(url: str, keys: Path, client_id: str = AGGREGATOR_ID,
                       **kw: object) -> tuple[MqttClient, AggregatorIdentity]:
     identity = AggregatorIdentity.load(keys)
-    tls = TlsFiles(identity.ca_cert, identity.client_cert, identity.client_key)
-    return MqttClient(url, client_id, tls=tls, **kw), identity  # type: ignore[arg-type]
+    return (MqttClient(url, client_id, tls=tls_files(identity, url), **kw),  # type: ignore[arg-type]
+            identity)
+
+
+@pytest.fixture(params=["mosquitto-tls", "embedded"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The same flows on Mosquitto (TLS, client certificates) and on the embedded broker."""
+    if request.param == "embedded":
+        return str(request.getfixturevalue("embedded_broker").url)
+    return str(request.getfixturevalue("mosquitto_tls").tls_url)
 
 
 def receiver_for(keys: Path, identity: AggregatorIdentity, replay: bool = True) -> Receiver:
-    registry = DeviceRegistry.load(identity.registry_path)
-
-    def resolve(header: Header):  # type: ignore[no-untyped-def]
-        if header.sender == AGGREGATOR_ID:
-            return identity.signing_key.public_key()
-        return registry.signing_key(header.sender)
+    resolve = fleet_key_resolver(DeviceRegistry.load(identity.registry_path),
+                                 identity.signing_key.public_key())
     return Receiver(identity.fleet, resolve, replay=ReplayGuard() if replay else None)
 
 
@@ -74,14 +87,16 @@ def an_update(identity: DeviceIdentity, round_id: int = 1, size: int = 1000) -> 
                        aggregator_key=identity.aggregator_sealing_key)
 
 
-def test_sealed_update_over_mosquitto_tls(mosquitto_tls: MosquittoBroker,
-                                          keys_dir: Path) -> None:
-    aggregator, agg_identity = aggregator_client(mosquitto_tls.tls_url, keys_dir, "agg-tls")
+def test_sealed_update_through_the_broker(broker_url: str, keys_dir: Path) -> None:
+    aggregator, agg_identity = aggregator_client(broker_url, keys_dir, "agg-tls")
     topics = FleetTopics(agg_identity.fleet)
     with aggregator:
-        assert aggregator.protocol == "5"
-        inbox = collect(aggregator, topics.shared_updates("aggregators"))
-        device, identity = device_client(mosquitto_tls.tls_url, keys_dir, "dev-a")
+        mqtt5 = aggregator.protocol == "5"
+        assert mqtt5 == broker_url.startswith("mqtts:")
+        # Several aggregator workers share the update stream where MQTT 5 allows it.
+        inbox = collect(aggregator, topics.shared_updates("aggregators") if mqtt5
+                        else topics.all_updates)
+        device, identity = device_client(broker_url, keys_dir, "dev-a")
         with device:
             device.publish_message(topics.update("dev-a"), an_update(identity))
         topic, payload = inbox.get(timeout=TIMEOUT_S)
@@ -109,28 +124,29 @@ def test_websocket_listener_carries_the_same_protocol(mosquitto_tls: MosquittoBr
     assert open_plain(message) == {"state": "online"}
 
 
-def test_a_5_mb_model_travels_chunked_and_retained(mosquitto_tls: MosquittoBroker,
-                                                   keys_dir: Path) -> None:
-    aggregator, agg_identity = aggregator_client(mosquitto_tls.tls_url, keys_dir, "agg-model")
+def test_a_5_mb_model_travels_chunked_and_retained(broker_url: str, keys_dir: Path) -> None:
+    aggregator, agg_identity = aggregator_client(broker_url, keys_dir, "agg-model")
     topics = FleetTopics(agg_identity.fleet)
     params = np.random.default_rng(3).bytes(5 * 1024 * 1024)
     header = Header.new(MessageType.MODEL, fleet=agg_identity.fleet, sender=AGGREGATOR_ID,
                         model_version=7)
+    receiver = receiver_for(keys_dir, agg_identity, replay=False)
+    model = None
     with aggregator:
         frames = aggregator.publish_message(
             topics.model, sign_plain(header, {"params": params}, agg_identity.signing_key),
             retain=True)
+        # A device that subscribes afterwards gets every retained chunk and rebuilds the model.
+        device, _ = device_client(broker_url, keys_dir, "dev-a")
+        with device:
+            inbox = collect(device, topics.model_chunks)
+            deadline = time.monotonic() + TIMEOUT_S
+            while model is None and time.monotonic() < deadline:
+                topic, payload = inbox.get(timeout=TIMEOUT_S)
+                model = receiver.receive(topic, payload)
+        for index in range(frames):          # leave the shared broker as we found it
+            aggregator.publish(topics.model_chunk(index), b"", retain=True)
     assert frames == 41
-    # A device that subscribes afterwards gets every retained chunk and rebuilds the model.
-    device, _ = device_client(mosquitto_tls.tls_url, keys_dir, "dev-a")
-    receiver = receiver_for(keys_dir, agg_identity, replay=False)
-    with device:
-        inbox = collect(device, topics.model_chunks)
-        model = None
-        deadline = time.monotonic() + TIMEOUT_S
-        while model is None and time.monotonic() < deadline:
-            topic, payload = inbox.get(timeout=TIMEOUT_S)
-            model = receiver.receive(topic, payload)
     assert model is not None
     assert model.header.model_version == 7
     assert open_plain(model)["params"] == params
@@ -208,3 +224,17 @@ def test_bad_urls_are_refused_with_the_expected_form() -> None:
     for url in ("http://x", "mqtt://", "mqtt://host:99999", "localhost:1883"):
         with pytest.raises(ValueError, match=r"mqtt://HOST:PORT|invalid port"):
             MqttClient(url, "x")
+
+
+def test_a_revocation_applies_to_the_next_message_without_a_restart(
+        make_keys: Callable[..., Path]) -> None:
+    keys = make_keys()
+    receiver = receiver_for(keys, AggregatorIdentity.load(keys))
+    identity = DeviceIdentity.load(keys / "devices" / "dev-a")
+    topic = FleetTopics(identity.fleet).update("dev-a")
+    assert receiver.receive(topic, an_update(identity)) is not None
+    time.sleep(0.01)                       # a new mtime even on coarse-grained file systems
+    pki.revoke_device(keys, "dev-a")
+    with pytest.raises(Rejected) as excinfo:
+        receiver.receive(topic, an_update(identity))
+    assert excinfo.value.reason is RejectReason.REVOKED_SENDER
