@@ -1,0 +1,104 @@
+"""FedAvg (McMahan et al. 2017, arXiv 1602.05629): the sample-weighted mean of the deltas.
+
+Streaming with O(model) memory and an exact, order-independent fixed-point sum (see
+:mod:`.aggregate`): each update is folded into two int64 arrays per tensor and then forgotten.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from fedbeat.models.params import ParamLayout
+
+from .aggregate import accumulate_exact, exact_mean, quantize, weight_digits
+from .base import AggregateResult, Aggregation, CheckedAggregation, ClientUpdate, Strategy
+
+MAX_NUM_SAMPLES = 1 << 24
+"""``num_samples`` must be below 2^24 so one weight digit keeps the exact sum in int64."""
+
+
+class StreamingMean(CheckedAggregation):
+    """Exact weighted mean per tensor, folding each update into int64 sums and keeping nothing
+    else of it (only its device id, to refuse duplicates).
+
+    Memory is O(model): per tensor that anyone updated, one ``(lo, hi)`` int64 pair per weight
+    digit (FedAvg: one pair, 16 bytes per parameter). Partial updates add only to the tensors
+    they carry; each tensor has its own weight sum, so its mean is over its own contributors.
+    """
+
+    def __init__(self, strategy: FedAvg, layout: ParamLayout, current_version: int) -> None:
+        super().__init__(layout, current_version)
+        self._strategy = strategy
+        self._sums: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._denominators: dict[str, int] = {}
+        self._contributors: dict[str, int] = {}
+        self._numerator_total = 0
+
+    def _fold(self, update: ClientUpdate, tensors: dict[str, np.ndarray]) -> None:
+        numerator, denominator = self._strategy.weights(update, self.current_version)
+        digits = weight_digits(numerator)
+        # Quantise everything first, so a refused tensor leaves the sums untouched.
+        quantised = {name: quantize(value, name=name).ravel() for name, value in tensors.items()}
+        for name, q in quantised.items():
+            pairs = self._sums.setdefault(name, [])
+            while len(pairs) < len(digits):
+                pairs.append((np.zeros(q.size, np.int64), np.zeros(q.size, np.int64)))
+            for (lo, hi), digit in zip(pairs, digits, strict=False):
+                accumulate_exact(lo, hi, q, digit)
+            self._denominators[name] = self._denominators.get(name, 0) + denominator
+            self._contributors[name] = self._contributors.get(name, 0) + 1
+        self._numerator_total += numerator
+
+    def _finish(self) -> AggregateResult:
+        shapes = dict(self.layout.entries)
+        delta = {name: exact_mean(self._sums[name], self._denominators[name]).reshape(shapes[name])
+                 for name in self.layout.names if name in self._sums}
+        contributors = {name: self._contributors[name] for name in delta}
+        return AggregateResult(delta=delta, contributors=contributors,
+                               weight=self._numerator_total / self._strategy.weight_unit)
+
+
+class FedAvg(Strategy):
+    """Sample-weighted federated averaging of deltas, streaming and exact.
+
+    The delta of each tensor is ``Σ n_i Δ_i / Σ n_i`` over the updates that carried it, computed
+    with a 2^-30 fixed-point resolution and independent of arrival order. Every update must be
+    trained from the current model version and have ``|Δ| < 64`` everywhere and
+    ``num_samples < 2^24``.
+
+    Variants change :meth:`weights` only (see :class:`~.fedbuff.FedBuff`).
+    """
+
+    name: ClassVar[str] = "fedavg"
+    needs_individual_updates: ClassVar[bool] = False
+    weight_unit: ClassVar[int] = 1
+    """Integer weights are ``weight_unit`` times the real weight reported in the result."""
+
+    def begin(self, layout: ParamLayout, current_version: int) -> Aggregation:
+        return StreamingMean(self, layout, current_version)
+
+    def weights(self, update: ClientUpdate, current_version: int) -> tuple[int, int]:
+        """Integer ``(numerator, denominator)`` weights of one update.
+
+        The tensor mean is ``Σ numerator_i Δ_i / Σ denominator_i``; FedAvg uses
+        ``num_samples`` for both.
+
+        Raises
+        ------
+        ValueError
+            If the update was trained from another model version or has too many samples.
+        """
+        if update.base_version != current_version:
+            raise ValueError(f"device {update.device_id} trained from model version "
+                             f"{update.base_version}; this round aggregates onto version "
+                             f"{current_version}")
+        return self._sample_weight(update), self._sample_weight(update)
+
+    @staticmethod
+    def _sample_weight(update: ClientUpdate) -> int:
+        if update.num_samples >= MAX_NUM_SAMPLES:
+            raise ValueError(f"device {update.device_id}: num_samples {update.num_samples} "
+                             f"must be below 2^24 = {MAX_NUM_SAMPLES}")
+        return update.num_samples
