@@ -153,16 +153,19 @@ def publish_model(client: MqttClient, topics: FleetTopics, version: ModelVersion
     header = Header.new(MessageType.MODEL, fleet=topics.fleet, sender=AGGREGATOR_ID,
                         round=version.round_id or 0, model_version=version.version, now=now)
     message = sign_plain(header, model_body(version, store), signing_key)
-    frames = len(split(message, client.chunk_limit()))
-    whole, chunks = frames == 1, (0 if frames == 1 else frames)
     before = store.read_published()
+
+    def shape(frames: int) -> tuple[bool, int]:       # (whole on topics.model, chunk topics)
+        return frames == 1, 0 if frames == 1 else frames
+
+    whole, chunks = shape(len(split(message, client.chunk_limit())))
     store.write_published(version=before["version"], whole=before["whole"] or whole,
                           chunks=max(before["chunks"], chunks))
     published = client.publish_message(topics.model, message, retain=True)
-    if published != frames:                         # the limit changed under us (reconnect)
-        whole, chunks = published == 1, (0 if published == 1 else published)
+    if shape(published) != (whole, chunks):        # the broker's limit changed (reconnect)
+        whole, chunks = shape(published)
         store.write_published(version=before["version"], whole=True,
-                              chunks=max(before["chunks"], chunks))
+                              chunks=max(before["chunks"], published))
     if before["whole"] and not whole:
         client.publish(topics.model, b"", retain=True)
     for index in range(chunks, before["chunks"]):

@@ -511,7 +511,8 @@ class ModelStore:
 
         Version numbers only grow, so a device that holds N never sees a lower number and
         always installs the rollback; ``source_version`` records where the parameters came
-        from, and they are copied bit for bit (the file, not a re-encoding).
+        from, and they are copied bit for bit (the file, not a re-encoding). The metrics are
+        the source's (they describe these parameters); ``round_id`` is ``None``.
 
         Raises
         ------
