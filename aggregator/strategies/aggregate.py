@@ -62,6 +62,20 @@ def quantize(values: np.ndarray, *, name: str) -> np.ndarray:
     return np.rint(x * _SCALE).astype(np.int64)
 
 
+def quantize_tensors(tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """:func:`quantize` of several tensors concatenated (one vector op instead of one per
+    tensor); on refusal the message names the first offending tensor."""
+    flat = np.concatenate([value.ravel() for value in tensors.values()])
+    lowest, highest = float(flat.min()), float(flat.max())
+    if not (lowest > -MAX_ABS_DELTA and highest < MAX_ABS_DELTA):  # also catches NaN
+        for name, value in tensors.items():
+            quantize(value, name=name)
+    x = flat.astype(np.float64)
+    x *= _SCALE
+    np.rint(x, out=x)
+    return x.astype(np.int64)
+
+
 def weight_digits(weight: int) -> list[int]:
     """Base-2^24 digits of an integer weight, least significant first (at most two)."""
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight < MAX_EXACT_WEIGHT:
@@ -83,8 +97,10 @@ def accumulate_exact(lo: np.ndarray, hi: np.ndarray, q: np.ndarray, digit: int) 
     if digit == 0:
         return
     product = q * np.int64(digit)
-    lo += product & _LOW_MASK
-    hi += product >> _LOW_BITS
+    low = np.bitwise_and(product, _LOW_MASK)
+    lo += low
+    np.right_shift(product, _LOW_BITS, out=product)
+    hi += product
 
 
 def exact_total(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -114,11 +130,18 @@ def weighted_mean(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Float64 weighted mean over axis 0 of an ``(n, ...)`` stack, cast to float32.
 
     Deterministic for a given row order; callers fix the order (sorted by device id).
+
+    Raises
+    ------
+    ValueError
+        Unless there is one positive weight per row.
     """
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or w.shape[0] != stack.shape[0] or not np.all(w > 0):
         raise ValueError("weighted mean needs one positive weight per row")
-    acc = np.tensordot(w, stack.astype(np.float64), axes=(0, 0))
+    acc = np.zeros(stack.shape[1:], dtype=np.float64)
+    for weight, row in zip(w, stack, strict=True):  # row by row: no BLAS, a fixed order
+        acc += weight * row.astype(np.float64)
     out: np.ndarray = (acc / w.sum()).astype(np.float32)
     return out
 
@@ -196,9 +219,13 @@ def multi_krum_select(scores: np.ndarray, num_selected: int) -> np.ndarray:
 
 
 def l2_norm(tensors: list[np.ndarray]) -> float:
-    """L2 norm over all values of several tensors, in float64."""
-    return math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64), t.ravel().astype(np.float64)))
-                         for t in tensors))
+    """L2 norm over all values of several tensors, in float64 (numpy's pairwise sum, not BLAS,
+    so the result does not depend on the BLAS build or its threads)."""
+    total = 0.0
+    for t in tensors:
+        x = t.astype(np.float64).ravel()
+        total += float(np.sum(x * x))
+    return math.sqrt(total)
 
 
 def clip_scale(norm: float, max_norm: float) -> float:

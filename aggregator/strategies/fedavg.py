@@ -12,7 +12,13 @@ import numpy as np
 
 from fedbeat.models.params import ParamLayout
 
-from .aggregate import accumulate_exact, exact_mean, quantize, weight_digits
+from .aggregate import (
+    accumulate_exact,
+    exact_mean,
+    quantize,
+    quantize_tensors,
+    weight_digits,
+)
 from .base import AggregateResult, Aggregation, CheckedAggregation, ClientUpdate, Strategy
 
 MAX_NUM_SAMPLES = 1 << 24
@@ -23,15 +29,17 @@ class StreamingMean(CheckedAggregation):
     """Exact weighted mean per tensor, folding each update into int64 sums and keeping nothing
     else of it (only its device id, to refuse duplicates).
 
-    Memory is O(model): per tensor that anyone updated, one ``(lo, hi)`` int64 pair per weight
-    digit (FedAvg: one pair, 16 bytes per parameter). Partial updates add only to the tensors
-    they carry; each tensor has its own weight sum, so its mean is over its own contributors.
+    Memory is O(model): one ``(lo, hi)`` pair of flat int64 arrays per weight digit (FedAvg:
+    one pair, 16 bytes per parameter). Partial updates add only to the tensors they carry; each
+    tensor has its own weight sum, so its mean is over its own contributors.
     """
 
     def __init__(self, strategy: FedAvg, layout: ParamLayout, current_version: int) -> None:
         super().__init__(layout, current_version)
         self._strategy = strategy
-        self._sums: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._slices = {name: s for name, _, s in layout.slices()}
+        self._size = layout.size
+        self._sums: list[tuple[np.ndarray, np.ndarray]] = []
         self._denominators: dict[str, int] = {}
         self._contributors: dict[str, int] = {}
         self._numerator_total = 0
@@ -40,21 +48,30 @@ class StreamingMean(CheckedAggregation):
         numerator, denominator = self._strategy.weights(update, self.current_version)
         digits = weight_digits(numerator)
         # Quantise everything first, so a refused tensor leaves the sums untouched.
-        quantised = {name: quantize(value, name=name).ravel() for name, value in tensors.items()}
-        for name, q in quantised.items():
-            pairs = self._sums.setdefault(name, [])
-            while len(pairs) < len(digits):
-                pairs.append((np.zeros(q.size, np.int64), np.zeros(q.size, np.int64)))
-            for (lo, hi), digit in zip(pairs, digits, strict=False):
-                accumulate_exact(lo, hi, q, digit)
+        if len(tensors) == len(self._slices):  # a full update: one vector op per step
+            q = quantize_tensors(tensors)
+            parts = [(slice(0, self._size), q)]
+        else:
+            parts = [(self._slices[name], quantize(value, name=name).ravel())
+                     for name, value in tensors.items()]
+        while len(self._sums) < len(digits):
+            self._sums.append((np.zeros(self._size, np.int64), np.zeros(self._size, np.int64)))
+        for (lo, hi), digit in zip(self._sums, digits, strict=False):
+            for s, part in parts:
+                accumulate_exact(lo[s], hi[s], part, digit)
+        for name in tensors:
             self._denominators[name] = self._denominators.get(name, 0) + denominator
             self._contributors[name] = self._contributors.get(name, 0) + 1
         self._numerator_total += numerator
 
     def _finish(self) -> AggregateResult:
         shapes = dict(self.layout.entries)
-        delta = {name: exact_mean(self._sums[name], self._denominators[name]).reshape(shapes[name])
-                 for name in self.layout.names if name in self._sums}
+        delta = {}
+        for name in self.layout.names:
+            if name in self._denominators:
+                s = self._slices[name]
+                sums = [(lo[s], hi[s]) for lo, hi in self._sums]
+                delta[name] = exact_mean(sums, self._denominators[name]).reshape(shapes[name])
         contributors = {name: self._contributors[name] for name in delta}
         return AggregateResult(delta=delta, contributors=contributors,
                                weight=self._numerator_total / self._strategy.weight_unit)
