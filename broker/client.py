@@ -29,9 +29,11 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -47,8 +49,34 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, bytes], None]
 """Called with (topic, payload) for every message on a subscribed filter."""
 
+
+@dataclass(frozen=True)
+class Delivery:
+    """A received message whose QoS 1 acknowledgement is the receiver's to send.
+
+    With ``manual_ack`` the broker gets the PUBACK only when :meth:`ack` is called, e.g. after
+    the message was committed to a database: a crash before that makes the broker deliver it
+    again, and the broker sends no more than its in-flight window of unacknowledged messages,
+    which bounds what a receiver can have queued in memory.
+    """
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    _client: mqtt.Client = field(repr=False)
+
+    def ack(self) -> None:
+        if self.qos > 0:
+            self._client.ack(self.mid, self.qos)
+
+
+AckHandler = Callable[[Delivery], None]
+"""Called with each :class:`Delivery` when the client was made with ``manual_ack=True``."""
+
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
 _MQTT5_PACKET_HEADROOM = 512      # topic, properties and fixed header around a payload
+MAX_UNCLAIMED = 10_000            # messages held for a handler not yet registered
 
 
 class BrokerConnectionError(Exception):
@@ -134,7 +162,9 @@ class MqttClient:
     """A connected MQTT client; use as a context manager or call :meth:`close`."""
 
     def __init__(self, url: str, client_id: str, *, tls: TlsFiles | None = None,
-                 will: Will | None = None, options: ClientOptions | None = None) -> None:
+                 will: Will | None = None, options: ClientOptions | None = None,
+                 subscriptions: Mapping[str, Handler] | Mapping[str, AckHandler] | None = None,
+                 manual_ack: bool = False) -> None:
         self.url = BrokerUrl.parse(url)
         if self.url.tls and tls is None:
             raise ValueError(f"{self.url.scheme} needs TLS files (the fleet CA at least)")
@@ -142,7 +172,12 @@ class MqttClient:
         self.tls = tls
         self.will = will
         self.options = options or ClientOptions()
-        self._handlers: dict[str, tuple[Handler, int]] = {}
+        # Handlers exist before the connection does: with a persistent session the broker
+        # delivers what it queued for us right after CONNACK, before any subscribe() call.
+        self.manual_ack = manual_ack
+        self._handlers: dict[str, tuple[Any, int]] = {
+            topic_filter: (handler, 1) for topic_filter, handler in (subscriptions or {}).items()}
+        self._unclaimed: deque[Delivery] = deque(maxlen=MAX_UNCLAIMED)
         self._connected = threading.Event()
         self._answered = threading.Event()     # CONNACK or a closed socket, during connect
         self._connack: str | None = None
@@ -168,7 +203,7 @@ class MqttClient:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
             clean_session=None if v5 else False,
-            transport="websockets" if self.url.websocket else "tcp")
+            transport="websockets" if self.url.websocket else "tcp", manual_ack=self.manual_ack)
         if self.url.websocket:
             client.ws_set_options(path=self.url.path)
         if self.tls is not None and self.url.tls:
@@ -257,14 +292,27 @@ class MqttClient:
 
     def _on_message(self, client: mqtt.Client, userdata: object,
                     message: mqtt.MQTTMessage) -> None:
+        delivery = Delivery(message.topic, bytes(message.payload), message.mid, message.qos,
+                            client)
         with self._lock:
-            handlers = list(self._handlers.items())
-        for topic_filter, (handler, _) in handlers:
-            if mqtt.topic_matches_sub(_plain_filter(topic_filter), message.topic):
-                try:
-                    handler(message.topic, bytes(message.payload))
-                except Exception:           # a handler bug must not kill the network thread
-                    log.exception("handler for %s failed", topic_filter)
+            matching = [(f, h) for f, (h, _) in self._handlers.items()
+                        if mqtt.topic_matches_sub(_plain_filter(f), message.topic)]
+            if not matching:
+                # Queued for our session before the matching subscribe() call: keep it for
+                # the handler that is about to be registered instead of dropping it.
+                self._unclaimed.append(delivery)
+                return
+        for topic_filter, handler in matching:
+            self._dispatch(topic_filter, handler, delivery)
+
+    def _dispatch(self, topic_filter: str, handler: Any, delivery: Delivery) -> None:
+        try:
+            if self.manual_ack:
+                handler(delivery)
+            else:
+                handler(delivery.topic, delivery.payload)
+        except Exception:                   # a handler bug must not kill the network thread
+            log.exception("handler for %s failed", topic_filter)
 
     @property
     def connected(self) -> bool:
@@ -276,10 +324,19 @@ class MqttClient:
 
     # -- messaging ---------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Call ``handler`` for every message on ``topic_filter`` (kept across reconnects)."""
+    def subscribe(self, topic_filter: str, handler: Handler | AckHandler, qos: int = 1) -> None:
+        """Call ``handler`` for every message on ``topic_filter`` (kept across reconnects).
+
+        ``handler`` takes (topic, payload), or a :class:`Delivery` with ``manual_ack``.
+        """
         with self._lock:
             self._handlers[topic_filter] = (handler, qos)
+            plain = _plain_filter(topic_filter)
+            claimed = [d for d in self._unclaimed if mqtt.topic_matches_sub(plain, d.topic)]
+            for delivery in claimed:
+                self._unclaimed.remove(delivery)
+        for delivery in claimed:
+            self._dispatch(topic_filter, handler, delivery)
         result, _ = self._client.subscribe(topic_filter, qos=qos)
         if result not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BrokerConnectionError(f"subscribe to {topic_filter} failed: "

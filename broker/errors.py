@@ -37,6 +37,12 @@ class RejectReason(StrEnum):
     CHUNK_OVERFLOW = "chunk_overflow"          # a sender holds more partial data than allowed
     CHUNK_HASH_MISMATCH = "chunk_hash_mismatch"
     CHUNK_TIMEOUT = "chunk_timeout"            # a transfer did not complete in time
+    # Checks the aggregator makes on an opened update (docs/protocol.md §8).
+    NOT_OPEN = "not_open"                      # no round is open, or it is another round
+    WRONG_MODEL_VERSION = "wrong_model_version"
+    DUPLICATE = "duplicate"                    # this device already contributed to the round
+    NORM_EXCEEDED = "norm_exceeded"            # update's L2 norm above the configured bound
+    NOT_SELECTED = "not_selected"              # the participation rule excludes this device
 
 
 class Rejected(Exception):  # noqa: N818 - a verdict on input, not a bug

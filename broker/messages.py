@@ -35,8 +35,7 @@ DEFAULT_MAX_ELEMENTS = 4_000_000      # 16 MB of float32 once decoded
 LOSSLESS = Float32()
 DEFAULT_LIMITS = ReassemblyLimits()
 _REPLAY_CHECKED = (MessageType.UPDATE, MessageType.DIRECT)
-_DEVICE_TOPIC_TYPES = {"update": MessageType.UPDATE, "status": MessageType.STATUS,
-                       "inbox": MessageType.DIRECT}
+_DEVICE_TOPIC_TYPES = {"update": MessageType.UPDATE, "status": MessageType.STATUS}
 
 
 @dataclass(frozen=True)
@@ -172,6 +171,8 @@ class Receiver:
     def _topic_binding(self, topic: str) -> tuple[str, tuple[MessageType, ...]]:
         device_topic = self.topics.parse_device_topic(topic)
         if device_topic is not None:
+            if device_topic.kind == "inbox":         # the aggregator writes to a device's inbox
+                return AGGREGATOR_ID, (MessageType.DIRECT,)
             return device_topic.device_id, (_DEVICE_TOPIC_TYPES[device_topic.kind],)
         if topic == self.topics.round:
             return AGGREGATOR_ID, (MessageType.ROUND,)

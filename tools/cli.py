@@ -44,6 +44,7 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from fedbeat.tools.cli_aggregator import aggregator
     from fedbeat.tools.cli_bench import bench
     from fedbeat.tools.cli_broker import broker
     from fedbeat.tools.cli_data import data
@@ -52,6 +53,7 @@ def _register() -> None:
     from fedbeat.tools.cli_model import model
     from fedbeat.tools.cli_train import train
 
+    cli.add_command(aggregator)
     cli.add_command(data)
     cli.add_command(model)
     cli.add_command(train)

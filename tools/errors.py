@@ -6,7 +6,9 @@ CLI turns exactly these into a one-line message and exit status 1, never a trace
 
 from __future__ import annotations
 
+from fedbeat.aggregator.config import ConfigError
 from fedbeat.aggregator.model_store import ModelStoreError
+from fedbeat.broker.client import BrokerConnectionError
 from fedbeat.broker.identity import KeyFileError
 from fedbeat.broker.launch import BrokerError
 from fedbeat.device.beats import InvalidBeatsError
@@ -23,5 +25,6 @@ class UsageError(Exception):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError, ModelFileError, InvalidBeatsError, ParamError, UnknownModelError, RecordError,
-    KeyFileError, KeyExistsError, UnknownDeviceError, BrokerError, ModelStoreError,
+    KeyFileError, KeyExistsError, UnknownDeviceError, BrokerError, BrokerConnectionError,
+    ConfigError, ModelStoreError,
 )

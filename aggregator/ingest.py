@@ -1,0 +1,120 @@
+"""Ingest: from MQTT bytes to an update folded into the round, or a named rejection.
+
+verify → open → validate → accept exactly once → fold. Each step refuses with a
+:class:`~fedbeat.broker.errors.RejectReason`; the caller counts and logs it and sends the
+device a receipt. Acceptance is the database commit (``aggregator/store.py``): only a committed
+update is folded into the in-memory aggregate, so a crash can never leave the two disagreeing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from fedbeat.aggregator.store import AcceptedUpdate, StateStore
+from fedbeat.aggregator.strategies.base import Aggregation, ClientUpdate
+from fedbeat.broker.envelope import MessageType
+from fedbeat.broker.errors import Rejected, RejectReason
+from fedbeat.broker.messages import Receiver, open_update
+from fedbeat.broker.rounds import participates
+from fedbeat.models.params import ParamLayout
+
+
+@dataclass(frozen=True)
+class OpenRound:
+    """What an update must match to be accepted into the round that is open now."""
+
+    round_id: int
+    model_version: int
+    participation_seed: str
+    participation_fraction: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict on one message. ``device_id``/``nonce`` are set once the sender is proven."""
+
+    accepted: bool
+    reason: RejectReason | None = None
+    detail: str = ""
+    device_id: str | None = None
+    round_id: int | None = None
+    nonce: bytes | None = None
+
+
+class Ingest:
+    """Applies the pipeline for one fleet; callers serialise calls (one lock with round close)."""
+
+    def __init__(self, receiver: Receiver, sealing_key: X25519PrivateKey, layout: ParamLayout,
+                 store: StateStore, *, max_update_norm: float,
+                 on_accept: Callable[[AcceptedUpdate], None] | None = None) -> None:
+        self.receiver = receiver
+        self.sealing_key = sealing_key
+        self.shapes = dict(layout.entries)
+        self.max_elements = layout.size
+        self.store = store
+        self.max_update_norm = max_update_norm
+        self.on_accept = on_accept
+
+    def process(self, topic: str, payload: bytes, open_round: OpenRound | None,
+                aggregation: Aggregation | None) -> Outcome | None:
+        """Handle one MQTT message; ``None`` while a chunked update is still incomplete."""
+        try:
+            message = self.receiver.receive(topic, payload)
+        except Rejected as rejected:
+            return Outcome(False, rejected.reason, rejected.detail)
+        if message is None or message.header.type is not MessageType.UPDATE:
+            return None
+        header = message.header
+        sender = Outcome(False, device_id=header.sender, round_id=header.round,
+                         nonce=header.nonce)
+        try:
+            update = self._check(message.header.sender, header.round, header.model_version,
+                                 open_round)
+            opened = open_update(message, self.sealing_key, max_elements=self.max_elements,
+                                 expected=self.shapes, allow_subset=True)
+            norm = math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64),
+                                              t.ravel().astype(np.float64)))
+                                 for t in opened.tensors.values()))
+            if norm > self.max_update_norm:
+                raise Rejected(RejectReason.NORM_EXCEEDED,
+                               f"L2 norm {norm:.3g} above {self.max_update_norm:g}")
+            if opened.num_samples < 1 or not opened.tensors:
+                raise Rejected(RejectReason.BAD_TENSOR, "an update needs samples and tensors")
+            accepted = AcceptedUpdate(
+                update.round_id, header.sender, header.nonce,
+                hashlib.sha256(message.header_bytes + message.payload).hexdigest(),
+                opened.num_samples, header.model_version, opened.metrics, opened.tensors)
+            client_update = ClientUpdate(header.sender, opened.num_samples, opened.tensors,
+                                         header.model_version)
+            assert aggregation is not None
+            if not self.store.accept(accepted):
+                raise Rejected(RejectReason.DUPLICATE, "already accepted in this round")
+        except Rejected as rejected:
+            self.receiver.rejections.add(rejected.reason)
+            return Outcome(False, rejected.reason, rejected.detail, sender.device_id,
+                           sender.round_id, sender.nonce)
+        aggregation.add(client_update)
+        if self.on_accept is not None:
+            self.on_accept(accepted)
+        return Outcome(True, None, "", sender.device_id, sender.round_id, sender.nonce)
+
+    def _check(self, device_id: str, round_id: int, model_version: int,
+               open_round: OpenRound | None) -> OpenRound:
+        if open_round is None or round_id != open_round.round_id:
+            raise Rejected(RejectReason.NOT_OPEN, f"round {round_id} is not open")
+        if model_version != open_round.model_version:
+            raise Rejected(RejectReason.WRONG_MODEL_VERSION,
+                           f"trained from version {model_version}, round uses "
+                           f"{open_round.model_version}")
+        if not participates(device_id, round_id, open_round.participation_seed,
+                            open_round.participation_fraction):
+            raise Rejected(RejectReason.NOT_SELECTED, "not selected for this round")
+        if self.store.has_update(round_id, device_id):
+            raise Rejected(RejectReason.DUPLICATE, "already accepted in this round")
+        return open_round

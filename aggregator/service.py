@@ -1,0 +1,395 @@
+"""The aggregator service: announce rounds, ingest updates, aggregate, publish, recover.
+
+Threads: paho's network thread only queues each delivery; the main thread
+(:meth:`AggregatorService.run`) ingests them one by one and runs the round clock, so all state
+has one owner and needs no lock. Updates are acknowledged to the broker (``manual_ack``) only
+after they were committed or refused: a crash before that makes the broker deliver them again,
+and the broker's in-flight window bounds how many can wait in our queue. (Chunk frames are
+acknowledged on arrival: holding them would exhaust that window; a device whose transfer was
+lost resends the update when no receipt comes.)
+
+Recovery (after SIGTERM, a crash or ``kill -9``) needs no special mode: on start the service
+reads the open round from SQLite, replays its accepted updates into a fresh aggregation
+(order-independent, so bit-identical), finishes a close that a crash interrupted (the model
+store already holds the new version), and carries on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from fedbeat.aggregator.config import AggregatorConfig, ConfigError
+from fedbeat.aggregator.ingest import Ingest, OpenRound, Outcome
+from fedbeat.aggregator.model_message import publish_model
+from fedbeat.aggregator.model_store import ModelStore, ModelVersion
+from fedbeat.aggregator.rounds import Decision, RoundPolicy, abort_reason, decide
+from fedbeat.aggregator.store import RoundRow, StateStore, decode_tensors, encode_tensors
+from fedbeat.aggregator.strategies import (
+    Aggregation,
+    ClientUpdate,
+    ServerOptimizer,
+    Strategy,
+    create_server_optimizer,
+    create_strategy,
+)
+from fedbeat.broker.chunks import is_chunk
+from fedbeat.broker.client import Delivery, MqttClient, TlsFiles, Will
+from fedbeat.broker.envelope import Header, MessageType
+from fedbeat.broker.identity import AggregatorIdentity
+from fedbeat.broker.messages import Receiver, sign_plain
+from fedbeat.broker.registry import DeviceRegistry, fleet_key_resolver
+from fedbeat.broker.replay import ReplayGuard
+from fedbeat.broker.rounds import Announcement, TrainingConfig
+from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
+
+log = logging.getLogger("fedbeat.aggregator")
+
+CRASH_ENV = "FEDBEAT_TEST_CRASH_AT"
+"""Fault injection for the crash-recovery tests: ``point`` or ``point:N`` makes the process
+SIGKILL itself the N-th time it reaches ``point`` (see :meth:`AggregatorService._crash_point`)."""
+
+DATABASE = "aggregator.sqlite"
+MODELS = "models"
+TICK_S = 0.1
+
+
+def build_strategy(config: AggregatorConfig) -> Strategy:
+    """The configured aggregation rule, norm-bounded if asked (config names → options)."""
+    a = config.aggregation
+    options: dict[str, Any] = {}
+    if a.strategy == "trimmed-mean":
+        options["trim_fraction"] = a.trim_fraction
+    elif a.strategy == "krum":
+        options["num_byzantine"] = a.krum_byzantine
+        if a.krum_keep:
+            options["num_selected"] = a.krum_keep
+    elif a.strategy == "fedbuff":
+        options.update(buffer_size=a.buffer_size, max_staleness=a.max_staleness)
+    if a.norm_bound:
+        options["max_norm"] = a.max_update_norm
+    try:
+        return create_strategy(a.strategy, **options)
+    except ValueError as exc:
+        raise ConfigError(f"[aggregation] {exc}") from None
+
+
+def build_server_optimizer(config: AggregatorConfig) -> ServerOptimizer:
+    try:
+        return create_server_optimizer(config.aggregation.server_optimizer,
+                                       lr=config.aggregation.server_lr)
+    except ValueError as exc:
+        raise ConfigError(f"[aggregation] {exc}") from None
+
+
+class AggregatorService:
+    """One fleet's aggregator; :meth:`start`, then :meth:`run` until stopped."""
+
+    def __init__(self, config: AggregatorConfig, *, clock: Any = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.identity = AggregatorIdentity.load(config.path(config.fleet.keys))
+        self.topics = FleetTopics(self.identity.fleet)
+        state_dir = config.path(config.fleet.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = StateStore(state_dir / DATABASE)
+        self.models = ModelStore.open(state_dir / MODELS, config.path(config.model.dir),
+                                      keep=config.model.keep_versions or None)
+        self.models.initialize()
+        self.layout = self.models.layout
+        self.strategy = build_strategy(config)
+        self.optimizer = build_server_optimizer(config)
+        saved = self.store.get_blob("server_optimizer")
+        if saved is not None:
+            self.optimizer.load_state_dict(decode_tensors(saved))
+        self.registry = DeviceRegistry.load(self.identity.registry_path)
+        self.receiver = Receiver(
+            self.identity.fleet,
+            fleet_key_resolver(self.registry, self.identity.signing_key.public_key()),
+            replay=ReplayGuard(max_skew_s=config.service.max_skew_s))
+        self.ingest = Ingest(self.receiver, self.identity.sealing_key, self.layout, self.store,
+                             max_update_norm=config.aggregation.max_update_norm)
+        r = config.rounds
+        self.policy = RoundPolicy(r.min_participants, r.target_participants, r.deadline_s,
+                                  r.max_extensions)
+        self.inbox: queue.Queue[Delivery] = queue.Queue()
+        self.round: RoundRow | None = None
+        self.aggregation: Aggregation | None = None
+        self.rounds_closed = 0
+        self.client: MqttClient | None = None
+        self._crash_counts: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, recover the open round (or open one) and subscribe to updates."""
+        tls = TlsFiles(self.identity.ca_cert, self.identity.client_cert,
+                       self.identity.client_key)
+        offline = self._sign_status("offline")
+        self.client = MqttClient(self.config.fleet.broker, AGGREGATOR_ID, tls=tls,
+                                 will=Will(self.topics.aggregator_status, offline),
+                                 subscriptions={self.topics.all_updates: self.inbox.put},
+                                 manual_ack=True)
+        log.info("connected to %s (MQTT %s)", self.client.url, self.client.protocol)
+        self._recover()
+        self.client.publish(self.topics.aggregator_status, self._sign_status("online"),
+                            retain=True)
+
+    def run(self, stop: threading.Event) -> None:
+        """Ingest and the round clock; returns when ``stop`` is set or the rounds are done."""
+        next_tick = 0.0
+        while not stop.is_set():
+            if self._done():
+                log.info("completed %d round(s); stopping", self.rounds_closed)
+                return
+            try:
+                delivery = self.inbox.get(timeout=TICK_S)
+            except queue.Empty:
+                delivery = None
+            if delivery is not None:
+                self._on_update(delivery)
+            if time.monotonic() >= next_tick:
+                self._tick()
+                next_tick = time.monotonic() + TICK_S
+
+    def close(self) -> None:
+        """Graceful stop: the open round stays open in the database and resumes on restart."""
+        if self.client is not None:
+            if self.client.connected:
+                self.client.publish(self.topics.aggregator_status,
+                                    self._sign_status("offline"), retain=True, wait=False)
+            self.client.close()
+        self.store.close()
+
+    def _done(self) -> bool:
+        limit = self.config.rounds.rounds
+        return bool(limit) and self.store.last_round_id() >= limit and self.round is None
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        row = self.store.open_round_row()
+        current = self.models.current()
+        self._publish_model(current)
+        if row is None:
+            self._open_next_round()
+            return
+        log.info("resuming round %d", row.round_id)
+        self.round, self.aggregation = row, self.strategy.begin(self.layout, row.model_version)
+        for stored in self.store.accepted_updates(row.round_id):
+            self.aggregation.add(ClientUpdate(stored.device_id, stored.num_samples,
+                                              stored.tensors, stored.base_version))
+        self.receiver.replay.set_round_floor(row.round_id)  # type: ignore[union-attr]
+        if current.round_id == row.round_id:       # crashed after committing the new model
+            self._close_round()
+            return
+        assert self.client is not None
+        self.client.publish(self.topics.round, self._sign_announcement(row.announcement),
+                            retain=True)
+
+    def _open_next_round(self) -> None:
+        if self.config.rounds.rounds and self.store.last_round_id() >= self.config.rounds.rounds:
+            self.round = None
+            return
+        current = self.models.current()
+        round_id = self.store.last_round_id() + 1
+        deadline = self.clock() + self.config.rounds.deadline_s
+        announcement = self._announcement(round_id, current, deadline)
+        self.store.open_round(round_id, current.version, deadline, announcement.to_body())
+        self.round = self.store.open_round_row()
+        self.aggregation = self.strategy.begin(self.layout, current.version)
+        assert self.receiver.replay is not None
+        self.receiver.replay.set_round_floor(round_id)
+        self._announce(announcement)
+        log.info("round %d open: model v%d, deadline in %.0f s", round_id, current.version,
+                 self.config.rounds.deadline_s)
+
+    def _announcement(self, round_id: int, model: ModelVersion, deadline: float,
+                      state: str = "open", reason: str = "") -> Announcement:
+        r = self.config.rounds
+        seed = hashlib.sha256(f"{self.config.service.seed}/{round_id}".encode()).hexdigest()[:16]
+        training = TrainingConfig(r.epochs, r.batch_size, r.learning_rate, r.optimizer,
+                                  r.fedprox_mu, r.dp_mode, r.clip_norm, r.noise_multiplier)
+        return Announcement(round_id, model.version, model.params_sha256, int(deadline * 1000),
+                            r.min_participants, r.target_participants, r.participation_fraction,
+                            seed, training, state, reason)
+
+    def _announce(self, announcement: Announcement) -> None:
+        assert self.client is not None
+        self.client.publish(self.topics.round, self._sign_announcement(announcement.to_body()),
+                            retain=True)
+
+    def _tick(self) -> None:
+        if self.round is None:
+            return
+        row = self.round
+        current = self.models.current_version()
+        if current != row.model_version and self.models.current().round_id != row.round_id:
+            self._abort(row, f"model rolled back to v{current} by an operator")
+            return
+        decision = decide(self.policy, accepted=len(self.aggregation or ()), now=self.clock(),
+                          deadline=row.deadline, extensions=row.extensions)
+        if decision is Decision.CLOSE:
+            self._close_round()
+        elif decision is Decision.EXTEND:
+            deadline = self.clock() + self.policy.deadline_s
+            announcement = self._announcement(row.round_id, self.models.get(row.model_version),
+                                              deadline)
+            self.store.extend_round(row.round_id, deadline, announcement.to_body())
+            self.round = self.store.open_round_row()
+            self._announce(announcement)
+            log.warning("round %d extended: %d of %d minimum updates", row.round_id,
+                        len(self.aggregation or ()), self.policy.min_participants)
+        elif decision is Decision.ABORT:
+            self._abort(row, abort_reason(self.policy, len(self.aggregation or ()),
+                                          row.extensions))
+
+    def _abort(self, row: RoundRow, reason: str) -> None:
+        model = self.models.get(row.model_version)
+        announcement = self._announcement(row.round_id, model, row.deadline, "aborted", reason)
+        self.store.finish_round(row.round_id, "aborted", result_version=None, reason=reason,
+                                announcement=announcement.to_body())
+        self._announce(announcement)
+        log.warning("round %d aborted: %s", row.round_id, reason)
+        self.round = None
+        self.aggregation = None
+        self._publish_model(self.models.current())
+        self._open_next_round()
+
+    def _close_round(self) -> None:
+        row, aggregation = self.round, self.aggregation
+        assert row is not None
+        assert aggregation is not None
+        started = time.perf_counter()
+        result = aggregation.result()
+        base = self.models.get(row.model_version)
+        params = self.optimizer.step(np.array(base.params, dtype=np.float32), result,
+                                     self.layout)
+        current = self.models.current()
+        self._crash_point("before-model-commit")
+        if current.round_id == row.round_id:
+            version = current                      # committed before a crash: finish the close
+            if not np.array_equal(version.params, params):
+                log.error("round %d: recomputed model differs from the committed v%d",
+                          row.round_id, version.version)
+        else:
+            metrics = {"participants": float(len(aggregation)), "weight": float(result.weight)}
+            version = self.models.commit(params, round_id=row.round_id, metrics=metrics)
+        self._crash_point("after-model-commit")
+        self._publish_model(version)
+        announcement = self._announcement(row.round_id, base, row.deadline, "closed",
+                                          f"model v{version.version}")
+        self.store.finish_round(row.round_id, "closed", result_version=version.version,
+                                reason="", optimizer_state=encode_tensors(
+                                    self.optimizer.state_dict()),
+                                announcement=announcement.to_body())
+        self.store.save_round_metrics(row.round_id, {
+            "model_version": version.version, "participants": len(aggregation),
+            "dropped": list(result.dropped), "weight": result.weight,
+            "delta_norm": float(np.linalg.norm(params - base.params)),
+            "close_s": time.perf_counter() - started,
+            "rejections": self.store.rejection_counts()})
+        self._crash_point("after-round-closed")
+        self._announce(announcement)
+        log.info("round %d closed: %d update(s) → model v%d", row.round_id, len(aggregation),
+                 version.version)
+        self.rounds_closed += 1
+        self.round = None
+        self.aggregation = None
+        self._open_next_round()
+
+    def _publish_model(self, version: ModelVersion) -> None:
+        assert self.client is not None
+        published = self.models.read_published()
+        if published.get("version") == version.version:
+            return
+        publish_model(self.client, self.topics, version, self.models,
+                      self.identity.signing_key)
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    def _on_update(self, delivery: Delivery) -> None:
+        if is_chunk(delivery.payload):
+            delivery.ack()
+        open_round = None
+        if self.round is not None:
+            ann = self.round.announcement
+            open_round = OpenRound(self.round.round_id, self.round.model_version,
+                                   ann["participation_seed"], ann["participation_fraction"])
+        outcome = self.ingest.process(delivery.topic, delivery.payload, open_round,
+                                      self.aggregation)
+        if outcome is not None:
+            if outcome.accepted:
+                log.info("round %s: accepted update from %s (%d in)", outcome.round_id,
+                         outcome.device_id, len(self.aggregation or ()))
+                self._crash_point("after-accept")
+            else:
+                assert outcome.reason is not None
+                self.store.record_rejection(outcome.reason.value, outcome.device_id)
+                log.warning("rejected update from %s: %s (%s)", outcome.device_id or "?",
+                            outcome.reason.value, outcome.detail)
+            self._receipt(outcome)
+        if not is_chunk(delivery.payload):
+            delivery.ack()
+
+    def _receipt(self, outcome: Outcome) -> None:
+        """Tell a proven sender what became of its update, so its outbox can stop resending."""
+        if outcome.device_id is None or outcome.nonce is None or self.client is None:
+            return
+        header = Header.new(MessageType.DIRECT, fleet=self.identity.fleet,
+                            sender=AGGREGATOR_ID, round=outcome.round_id or 0)
+        body = {"kind": "receipt", "round": outcome.round_id or 0, "nonce": outcome.nonce,
+                "accepted": outcome.accepted,
+                "reason": outcome.reason.value if outcome.reason else ""}
+        self.client.publish(self.topics.inbox(outcome.device_id),
+                            sign_plain(header, body, self.identity.signing_key), wait=False)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _sign_status(self, state: str) -> bytes:
+        header = Header.new(MessageType.STATUS, fleet=self.identity.fleet, sender=AGGREGATOR_ID)
+        return sign_plain(header, {"state": state}, self.identity.signing_key)
+
+    def _sign_announcement(self, body: dict[str, Any]) -> bytes:
+        header = Header.new(MessageType.ROUND, fleet=self.identity.fleet, sender=AGGREGATOR_ID,
+                            round=int(body["round"]), model_version=int(body["model_version"]))
+        return sign_plain(header, body, self.identity.signing_key)
+
+    def _crash_point(self, point: str) -> None:
+        spec = os.environ.get(CRASH_ENV)
+        if not spec:
+            return
+        name, _, nth = spec.partition(":")
+        if name != point:
+            return
+        self._crash_counts[point] = self._crash_counts.get(point, 0) + 1
+        if self._crash_counts[point] == int(nth or 1):
+            log.error("fault injection: SIGKILL at %s", spec)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def status(config: AggregatorConfig) -> dict[str, Any]:
+    """What ``fedbeat aggregator status --json`` prints: read-only, safe while running."""
+    state_dir = config.path(config.fleet.state_dir)
+    store = StateStore(state_dir / DATABASE)
+    try:
+        rounds = store.rounds(limit=50)
+        return {
+            "rounds": [{k: v for k, v in asdict(r).items() if k != "announcement"}
+                       for r in rounds],
+            "open_round": next((r.round_id for r in rounds if r.state == "open"), None),
+            "metrics": store.round_metrics(),
+            "rejections": store.rejection_counts(),
+            "devices": store.devices(),
+        }
+    finally:
+        store.close()

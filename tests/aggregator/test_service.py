@@ -1,0 +1,122 @@
+"""The aggregator service end to end: a real process, Mosquitto with TLS, scripted devices.
+
+Each test uses its own fleet prefix-free state directory; devices are real MQTT clients with
+certificates, and the aggregator runs as ``fedbeat aggregator run`` in a child process, so
+``kill -9`` is a real kill.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aggregator_harness import AggregatorProcess, Device, scripted_delta, write_config
+from click.testing import CliRunner
+
+from fedbeat.aggregator.model_store import ModelStore
+from fedbeat.broker.mosquitto import MosquittoBroker
+from fedbeat.models.manifest import load_model_dir
+from fedbeat.tools.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def model_dir(model_dirs: dict[str, Path]) -> Path:
+    return model_dirs["ecg-cnn-s"]
+
+
+@pytest.fixture
+def devices(mosquitto: MosquittoBroker, fleet_keys: Path,
+            model_dir: Path) -> Iterator[list[Device]]:
+    made: list[Device] = []
+    yield made
+    for device in made:
+        device.close()
+
+
+def start_devices(made: list[Device], url: str, keys: Path, model_dir: Path,
+                  names: list[str]) -> list[Device]:
+    for name in names:
+        made.append(Device(url, keys / "devices" / name, model_dir))
+    return made
+
+
+def final_params(state_dir: Path, model_dir: Path) -> np.ndarray:
+    return np.array(ModelStore.open(state_dir / "models", model_dir).current().params)
+
+
+def status_of(config: Path) -> dict[str, object]:
+    result = CliRunner().invoke(cli, ["aggregator", "status", "--config", str(config),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def run_rounds(tmp: Path, mosquitto: MosquittoBroker, keys: Path, model_dir: Path,
+               devices: list[Device], *, rounds: int, crash_at: str | None = None
+               ) -> tuple[Path, Path]:
+    """Run the aggregator for ``rounds`` rounds with 4 devices; if ``crash_at``, it is killed
+    there once and restarted. Returns (config, state dir)."""
+    state = tmp / "state"
+    config = write_config(tmp / "aggregator.toml", keys=keys, broker=mosquitto.tls_url,
+                          model_dir=model_dir, state_dir=state, rounds__rounds=rounds)
+    process = AggregatorProcess(config, tmp / "aggregator.log", crash_at=crash_at).start()
+    if not devices:
+        start_devices(devices, mosquitto.tls_url, keys, model_dir,
+                      ["dev-0", "dev-1", "dev-2", "dev-3"])
+    code = process.wait()
+    if crash_at:
+        assert code == -9, process.output()
+        process = AggregatorProcess(config, tmp / "aggregator.log").start()
+        code = process.wait()
+    assert code == 0, process.output()
+    return config, state
+
+
+def test_three_rounds_of_fedavg_end_to_end(tmp_path: Path, mosquitto: MosquittoBroker,
+                                           fleet_keys: Path, model_dir: Path,
+                                           devices: list[Device]) -> None:
+    config, state = run_rounds(tmp_path, mosquitto, fleet_keys, model_dir, devices, rounds=3)
+    # The expected model: initial parameters plus, each round, the mean of the four deltas.
+    layout = load_model_dir(model_dir).manifest.layout
+    expected = load_model_dir(model_dir).initial_params().to_flat().astype(np.float64)
+    for round_id in (1, 2, 3):
+        deltas = [np.concatenate([d.ravel() for d in scripted_delta(
+            list(layout.entries), f"dev-{i}", round_id).values()]) for i in range(4)]
+        expected = (expected + np.mean(deltas, axis=0)).astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(final_params(state, model_dir), expected, atol=1e-6)
+    doc = status_of(config)
+    assert [r["state"] for r in doc["rounds"]] == ["closed"] * 3  # type: ignore[index]
+    assert [m["participants"] for m in doc["metrics"]] == [4, 4, 4]  # type: ignore[index]
+    # Every device got an "accepted" receipt for each round.
+    for device in devices:
+        receipts = [device.next_receipt(5) for _ in range(3)]
+        assert sorted(r["round"] for r in receipts) == [1, 2, 3]
+        assert all(r["accepted"] for r in receipts)
+
+
+@pytest.mark.parametrize("crash_at", ["after-accept:2", "after-accept:6", "before-model-commit",
+                                      "after-model-commit", "after-round-closed"])
+def test_kill_9_anywhere_loses_nothing_and_counts_nothing_twice(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device], crash_at: str) -> None:
+    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
+    reference_dir.mkdir()
+    crashed_dir.mkdir()
+    _, reference = run_rounds(reference_dir, mosquitto, fleet_keys, model_dir, devices,
+                              rounds=2)
+    for device in devices:
+        device.close()
+    devices.clear()
+    config, crashed = run_rounds(crashed_dir, mosquitto, fleet_keys, model_dir, devices,
+                                 rounds=2, crash_at=crash_at)
+    # Bit for bit the model of the run that was never interrupted.
+    assert final_params(crashed, model_dir).tobytes() == \
+        final_params(reference, model_dir).tobytes()
+    doc = status_of(config)
+    assert [m["participants"] for m in doc["metrics"]] == [4, 4]  # type: ignore[index]
+    assert all(d["accepted"] == 2 for d in doc["devices"])  # type: ignore[index, union-attr]
