@@ -98,6 +98,7 @@ class Device:
     directory: Path
     model_dir: Path
     num_samples: int = 100
+    answer_rounds: bool = True
     tamper: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     sent: dict[int, bytes] = field(default_factory=dict)
     receipts: queue.Queue[dict[Any, Any]] = field(default_factory=queue.Queue)
@@ -127,7 +128,7 @@ class Device:
         announcement = Announcement.from_body(open_plain(message))
         self.announcements.put(announcement)
         me = self.identity.device_id
-        if announcement.state != "open" or not participates(
+        if not self.answer_rounds or announcement.state != "open" or not participates(
                 me, announcement.round, announcement.participation_seed,
                 announcement.participation_fraction):
             return

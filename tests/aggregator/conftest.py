@@ -28,3 +28,4 @@ def mosquitto(fleet_keys: Path, tmp_path_factory: pytest.TempPathFactory
                              port=free_port(), bind="127.0.0.1")
     with MosquittoBroker(config) as broker:
         yield broker
+

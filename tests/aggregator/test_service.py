@@ -13,12 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aggregator_harness import AggregatorProcess, Device, scripted_delta, write_config
+from aggregator_harness import (
+    AggregatorProcess,
+    Device,
+    scripted_delta,
+    wait_until,
+    write_config,
+)
 from click.testing import CliRunner
 
 from fedbeat.aggregator.model_store import ModelStore
 from fedbeat.broker.mosquitto import MosquittoBroker
+from fedbeat.broker.rounds import Announcement
 from fedbeat.models.manifest import load_model_dir
+from fedbeat.tools import pki
 from fedbeat.tools.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -120,3 +128,96 @@ def test_kill_9_anywhere_loses_nothing_and_counts_nothing_twice(
     doc = status_of(config)
     assert [m["participants"] for m in doc["metrics"]] == [4, 4]  # type: ignore[index]
     assert all(d["accepted"] == 2 for d in doc["devices"])  # type: ignore[index, union-attr]
+
+
+def wait_for_open_round(device: Device) -> Announcement:
+    while True:
+        announcement = device.announcements.get(timeout=30)
+        if announcement.state == "open":
+            return announcement
+
+
+def test_bad_updates_are_rejected_with_named_reasons(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device]) -> None:
+    keys = fleet_keys    # dev-5 is revoked below; no other test in this module uses it
+    config = write_config(tmp_path / "aggregator.toml", keys=keys, broker=mosquitto.tls_url,
+                          model_dir=model_dir, state_dir=tmp_path / "state", rounds__rounds=1,
+                          rounds__min_participants=1, rounds__target_participants=6)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    try:
+        device = start_devices(devices, mosquitto.tls_url, keys, model_dir, ["dev-4"])[0]
+        device.answer_rounds = False
+        announcement = wait_for_open_round(device)
+        round_id, version = announcement.round, announcement.model_version
+        layout = dict(device.layout)
+        name = next(iter(layout))
+        topic = device.topics.update("dev-4")
+
+        def send(data: bytes) -> None:
+            device.client.publish(topic, data)
+
+        def receipt_reason() -> str:
+            return str(device.next_receipt(30)["reason"])
+
+        bad_shapes = {name: np.zeros((3, 3), np.float32)}
+        nan = {name: np.full(layout[name], np.nan, np.float32)}
+        huge = {name: np.full(layout[name], 50.0, np.float32)}
+        cases = [(device.update_for(round_id, version, tensors=bad_shapes), "bad_tensor"),
+                 (device.update_for(round_id, version, tensors=nan), "bad_tensor"),
+                 (device.update_for(round_id, version, tensors=huge), "norm_exceeded"),
+                 (device.update_for(round_id, version + 5), "wrong_model_version")]
+        for data, reason in cases:
+            send(data)
+            assert receipt_reason() == reason
+        good = device.update_for(round_id, version)
+        send(good)
+        assert device.next_receipt(30)["accepted"] is True
+        send(device.update_for(round_id, version))        # a second update, fresh nonce
+        assert receipt_reason() == "duplicate"
+        send(good)                                       # the same bytes again
+        send(device.update_for(round_id - 1, version))   # a round that is over
+        # Unproven senders get no receipt; the counts show them.
+        pki.revoke_device(keys, "dev-5")
+        revoked = start_devices(devices, mosquitto.tls_url, keys, model_dir, ["dev-5"])[0]
+        revoked.answer_rounds = False
+        revoked.client.publish(revoked.topics.update("dev-5"),
+                               revoked.update_for(round_id, version))
+        wait_until(lambda: status_of(config)["rejections"].get("revoked_sender") == 1,  # type: ignore[union-attr]
+                   what="the revoked device's update to be refused")
+        rejections = status_of(config)["rejections"]
+        assert rejections == {"bad_tensor": 2, "norm_exceeded": 1, "wrong_model_version": 1,
+                              "duplicate": 1, "replay": 1, "stale_round": 1,
+                              "revoked_sender": 1}
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize(("answering", "minimum", "outcome"), [
+    (2, 1, "closed"),        # at the deadline with at least the minimum: close with what came
+    (1, 3, "aborted"),       # too few even after an extension: abort, with a reason
+])
+def test_deadline_and_minimum_participants(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device], answering: int, minimum: int, outcome: str) -> None:
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir,
+                          state_dir=tmp_path / "state", rounds__rounds=1,
+                          rounds__min_participants=minimum, rounds__target_participants=4,
+                          rounds__deadline_s=1.5, rounds__max_extensions=1)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir,
+                  [f"dev-{i}" for i in range(answering)])
+    assert process.wait() == 0, process.output()
+    row = status_of(config)["rounds"][0]  # type: ignore[index]
+    assert row["state"] == outcome
+    seen = []
+    while not devices[0].announcements.empty():
+        seen.append(devices[0].announcements.get())
+    final = [a for a in seen if a.round == row["round_id"]][-1]
+    assert final.state == outcome
+    if outcome == "aborted":
+        assert row["extensions"] == 1
+        assert "minimum 3" in final.reason
+    else:
+        assert status_of(config)["metrics"][0]["participants"] == answering  # type: ignore[index]
