@@ -16,18 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedbeat.aggregator.model_message import (
-    ReceivedModel,
-    model_body,
-    parse_model_body,
-    publish_model,
-    receive_model,
-)
+from fedbeat.aggregator.model_message import model_body, publish_model
 from fedbeat.aggregator.model_store import ModelStore
 from fedbeat.broker import cbor
 from fedbeat.broker.envelope import Header, MessageType
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.messages import Receiver, sign_plain
+from fedbeat.broker.model_body import ReceivedModel, parse_model_body, receive_model
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
 from fedbeat.models.params import ParamLayout
 
