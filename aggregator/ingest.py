@@ -33,6 +33,7 @@ class OpenRound:
     model_version: int
     participation_seed: str
     participation_fraction: float
+    max_staleness: int | None = None     # set in asynchronous (FedBuff) mode
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,26 @@ class Ingest:
 
     def _check(self, device_id: str, round_id: int, model_version: int,
                open_round: OpenRound | None) -> OpenRound:
-        if open_round is None or round_id != open_round.round_id:
+        if open_round is None:
+            raise Rejected(RejectReason.NOT_OPEN, "no round is open")
+        if open_round.max_staleness is not None:
+            # FedBuff: any recent enough base model; the update counts towards the buffer that
+            # is filling now, whichever round it was announced in.
+            staleness = open_round.model_version - model_version
+            if not 0 <= staleness <= open_round.max_staleness:
+                raise Rejected(RejectReason.WRONG_MODEL_VERSION,
+                               f"trained from version {model_version}; accepted are "
+                               f"{open_round.model_version - open_round.max_staleness} to "
+                               f"{open_round.model_version}")
+        elif round_id != open_round.round_id:
             raise Rejected(RejectReason.NOT_OPEN, f"round {round_id} is not open")
-        if model_version != open_round.model_version:
+        elif model_version != open_round.model_version:
             raise Rejected(RejectReason.WRONG_MODEL_VERSION,
                            f"trained from version {model_version}, round uses "
                            f"{open_round.model_version}")
-        if not participates(device_id, round_id, open_round.participation_seed,
+        if not participates(device_id, open_round.round_id, open_round.participation_seed,
                             open_round.participation_fraction):
             raise Rejected(RejectReason.NOT_SELECTED, "not selected for this round")
-        if self.store.has_update(round_id, device_id):
+        if self.store.has_update(open_round.round_id, device_id):
             raise Rejected(RejectReason.DUPLICATE, "already accepted in this round")
         return open_round

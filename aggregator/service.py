@@ -121,6 +121,7 @@ class AggregatorService:
         r = config.rounds
         self.policy = RoundPolicy(r.min_participants, r.target_participants, r.deadline_s,
                                   r.max_extensions)
+        self.async_mode = config.aggregation.strategy == "fedbuff"
         self.inbox: queue.Queue[Delivery] = queue.Queue()
         self.round: RoundRow | None = None
         self.aggregation: Aggregation | None = None
@@ -188,7 +189,7 @@ class AggregatorService:
         for stored in self.store.accepted_updates(row.round_id):
             self.aggregation.add(ClientUpdate(stored.device_id, stored.num_samples,
                                               stored.tensors, stored.base_version))
-        self.receiver.replay.set_round_floor(row.round_id)  # type: ignore[union-attr]
+        self._set_round_floor(row.round_id)
         if current.round_id == row.round_id:       # crashed after committing the new model
             self._close_round()
             return
@@ -207,11 +208,17 @@ class AggregatorService:
         self.store.open_round(round_id, current.version, deadline, announcement.to_body())
         self.round = self.store.open_round_row()
         self.aggregation = self.strategy.begin(self.layout, current.version)
-        assert self.receiver.replay is not None
-        self.receiver.replay.set_round_floor(round_id)
+        self._set_round_floor(round_id)
         self._announce(announcement)
         log.info("round %d open: model v%d, deadline in %.0f s", round_id, current.version,
                  self.config.rounds.deadline_s)
+
+    def _set_round_floor(self, round_id: int) -> None:
+        """Updates announced for earlier rounds are stale, except in FedBuff mode, where an
+        update may come from any of the last ``max_staleness`` buffers."""
+        assert self.receiver.replay is not None
+        slack = self.config.aggregation.max_staleness if self.async_mode else 0
+        self.receiver.replay.set_round_floor(max(0, round_id - slack))
 
     def _announcement(self, round_id: int, model: ModelVersion, deadline: float,
                       state: str = "open", reason: str = "") -> Announcement:
@@ -219,9 +226,13 @@ class AggregatorService:
         seed = hashlib.sha256(f"{self.config.service.seed}/{round_id}".encode()).hexdigest()[:16]
         training = TrainingConfig(r.epochs, r.batch_size, r.learning_rate, r.optimizer,
                                   r.fedprox_mu, r.dp_mode, r.clip_norm, r.noise_multiplier)
+        a = self.config.aggregation
+        target = a.buffer_size if self.async_mode else r.target_participants
         return Announcement(round_id, model.version, model.params_sha256, int(deadline * 1000),
-                            r.min_participants, r.target_participants, r.participation_fraction,
-                            seed, training, state, reason)
+                            min(r.min_participants, target), target, r.participation_fraction,
+                            seed, training, state, reason,
+                            mode="async" if self.async_mode else "sync",
+                            max_staleness=a.max_staleness if self.async_mode else 0)
 
     def _announce(self, announcement: Announcement) -> None:
         assert self.client is not None
@@ -236,7 +247,12 @@ class AggregatorService:
         if current != row.model_version and self.models.current().round_id != row.round_id:
             self._abort(row, f"model rolled back to v{current} by an operator")
             return
-        decision = decide(self.policy, accepted=len(self.aggregation or ()), now=self.clock(),
+        accepted = len(self.aggregation or ())
+        if self.async_mode:      # a FedBuff buffer closes when full; there is no deadline
+            if accepted >= self.config.aggregation.buffer_size:
+                self._close_round()
+            return
+        decision = decide(self.policy, accepted=accepted, now=self.clock(),
                           deadline=row.deadline, extensions=row.extensions)
         if decision is Decision.CLOSE:
             self._close_round()
@@ -323,8 +339,10 @@ class AggregatorService:
         open_round = None
         if self.round is not None:
             ann = self.round.announcement
-            open_round = OpenRound(self.round.round_id, self.round.model_version,
-                                   ann["participation_seed"], ann["participation_fraction"])
+            open_round = OpenRound(
+                self.round.round_id, self.round.model_version, ann["participation_seed"],
+                ann["participation_fraction"],
+                self.config.aggregation.max_staleness if self.async_mode else None)
         outcome = self.ingest.process(delivery.topic, delivery.payload, open_round,
                                       self.aggregation)
         if outcome is not None:

@@ -60,6 +60,11 @@ class Announcement:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     state: str = "open"
     reason: str = ""
+    # "sync": train from model_version and answer this round only. "async" (FedBuff): train
+    # whenever possible from any version at most max_staleness behind; the round id names the
+    # buffer being filled.
+    mode: str = "sync"
+    max_staleness: int = 0
 
     def to_body(self) -> dict[str, Any]:
         body = asdict(self)
@@ -97,7 +102,9 @@ class Announcement:
             participation_seed=cbor.field(body, "participation_seed", str, "round"),
             training=training,
             state=cbor.field(body, "state", str, "round"),
-            reason=cbor.field(body, "reason", str, "round"))
+            reason=cbor.field(body, "reason", str, "round"),
+            mode=cbor.field(body, "mode", str, "round"),
+            max_staleness=cbor.bounded_int(body, "max_staleness", "round", lo=0, hi=2**31))
         try:
             announcement.validate()
         except ValueError as exc:
@@ -108,6 +115,8 @@ class Announcement:
         self.training.validate()
         if self.state not in ROUND_STATES:
             raise ValueError(f"round state must be one of {ROUND_STATES}")
+        if self.mode not in ("sync", "async"):
+            raise ValueError("round mode must be sync or async")
         if not 0.0 < self.participation_fraction <= 1.0 or \
                 not math.isfinite(self.participation_fraction):
             raise ValueError("participation_fraction must be in (0, 1]")

@@ -221,3 +221,56 @@ def test_deadline_and_minimum_participants(
         assert "minimum 3" in final.reason
     else:
         assert status_of(config)["metrics"][0]["participants"] == answering  # type: ignore[index]
+
+
+def test_fedbuff_accepts_stale_updates_with_staleness_weights(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device]) -> None:
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir,
+                          state_dir=tmp_path / "state", rounds__rounds=3,
+                          aggregation__strategy="fedbuff", aggregation__buffer_size=2,
+                          aggregation__max_staleness=1)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    a, b = start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir, ["dev-2", "dev-3"])
+    for device in (a, b):
+        device.answer_rounds = False
+    entries = list(a.layout)
+
+    def delta(tag: int) -> dict[str, np.ndarray]:
+        return scripted_delta(entries, "buffered", tag)
+
+    def send(device: Device, round_id: int, base: int, tag: int) -> dict[object, object]:
+        device.client.publish(device.topics.update(device.identity.device_id),
+                              device.update_for(round_id, base, tensors=delta(tag)))
+        return device.next_receipt(30)
+
+    def flat(tensors: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([t.ravel() for t in tensors.values()]).astype(np.float64)
+
+    def weight(staleness: int) -> float:     # 1/sqrt(1 + staleness) on a 2^-20 grid
+        return round(2**20 / np.sqrt(1 + staleness)) / 2**20
+
+    announcement = wait_for_open_round(a)
+    assert (announcement.mode, announcement.max_staleness) == ("async", 1)
+    # Buffer 1 (model v1): two fresh updates.
+    assert send(a, 1, 1, 1)["accepted"]
+    assert send(b, 1, 1, 2)["accepted"]
+    # Buffer 2 (model v2): one update trained from v1 (staleness 1), one fresh.
+    wait_until(lambda: any(x.round == 2 and x.state == "open"
+                           for x in list(a.announcements.queue)), what="buffer 2")
+    assert send(a, 1, 1, 3)["accepted"]
+    assert send(b, 2, 2, 4)["accepted"]
+    # Buffer 3 (model v3): v1 is now two versions behind, beyond max_staleness.
+    wait_until(lambda: any(x.round == 3 and x.state == "open"
+                           for x in list(a.announcements.queue)), what="buffer 3")
+    assert send(a, 2, 1, 5)["reason"] == "wrong_model_version"
+    assert send(a, 3, 3, 6)["accepted"]
+    assert send(b, 2, 2, 7)["accepted"]
+    assert process.wait() == 0, process.output()
+    expected = load_model_dir(model_dir).initial_params().to_flat().astype(np.float64)
+    for buffer in ([(1, 0), (2, 0)], [(3, 1), (4, 0)], [(6, 0), (7, 1)]):
+        step = sum(weight(tau) * flat(delta(tag)) for tag, tau in buffer) / len(buffer)
+        expected = (expected + step).astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(final_params(tmp_path / "state", model_dir), expected,
+                               atol=2e-6)
