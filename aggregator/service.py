@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedbeat.aggregator.config import AggregatorConfig, ConfigError
+from fedbeat.aggregator.evaluation import Evaluator
 from fedbeat.aggregator.ingest import Ingest, OpenRound, Outcome
 from fedbeat.aggregator.model_message import publish_model
 from fedbeat.aggregator.model_store import ModelStore, ModelVersion
@@ -126,8 +127,16 @@ class AggregatorService:
         self.round: RoundRow | None = None
         self.aggregation: Aggregation | None = None
         self.rounds_closed = 0
+        self.evaluator = self._evaluator()
         self.client: MqttClient | None = None
         self._crash_counts: dict[str, int] = {}
+
+    def _evaluator(self) -> Evaluator | None:
+        e = self.config.evaluation
+        if not e.data:
+            return None
+        return Evaluator(self.config.path(self.config.model.dir), self.config.path(e.data),
+                         e.split, max_beats=e.max_beats, seed=self.config.service.seed)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -308,7 +317,12 @@ class AggregatorService:
                                 reason="", optimizer_state=encode_tensors(
                                     self.optimizer.state_dict()),
                                 announcement=announcement.to_body())
+        evaluation = self.evaluator.evaluate(params) if self.evaluator is not None else None
+        if evaluation is not None:
+            log.info("round %d: model v%d on %s: macro-F1 (N,S,V,F) %s", row.round_id,
+                     version.version, evaluation["data"], evaluation.get("macro_f1_nsvf"))
         self.store.save_round_metrics(row.round_id, {
+            "evaluation": evaluation,
             "model_version": version.version, "participants": len(aggregation),
             "dropped": list(result.dropped), "weight": result.weight,
             "delta_norm": float(np.linalg.norm(params - base.params)),

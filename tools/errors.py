@@ -7,6 +7,7 @@ CLI turns exactly these into a one-line message and exit status 1, never a trace
 from __future__ import annotations
 
 from fedbeat.aggregator.config import ConfigError
+from fedbeat.aggregator.evaluation import EvaluationDataError
 from fedbeat.aggregator.model_store import ModelStoreError
 from fedbeat.broker.client import BrokerConnectionError
 from fedbeat.broker.identity import KeyFileError
@@ -26,5 +27,5 @@ class UsageError(Exception):
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError, ModelFileError, InvalidBeatsError, ParamError, UnknownModelError, RecordError,
     KeyFileError, KeyExistsError, UnknownDeviceError, BrokerError, BrokerConnectionError,
-    ConfigError, ModelStoreError,
+    ConfigError, ModelStoreError, EvaluationDataError,
 )

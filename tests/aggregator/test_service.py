@@ -274,3 +274,37 @@ def test_fedbuff_accepts_stale_updates_with_staleness_weights(
         expected = (expected + step).astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(final_params(tmp_path / "state", model_dir), expected,
                                atol=2e-6)
+
+
+@pytest.mark.mitdb
+def test_server_side_evaluation_after_every_round(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device], mitdb_dir: Path) -> None:
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir, state_dir=state,
+                          rounds__rounds=2, evaluation__data=str(mitdb_dir),
+                          evaluation__max_beats=3000)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir,
+                  ["dev-0", "dev-1", "dev-2", "dev-3"])
+    assert process.wait(180) == 0, process.output()
+    history = status_of(config)["metrics"]
+    assert len(history) == 2  # type: ignore[arg-type]
+    for entry in history:  # type: ignore[union-attr]
+        evaluation = entry["evaluation"]
+        assert evaluation["beats"] == 3000
+        assert "DS2" in evaluation["data"]
+        assert sum(map(sum, evaluation["confusion_matrix"])) == 3000
+        assert 0.0 <= evaluation["accuracy"] <= 1.0
+
+
+def test_unreadable_evaluation_data_is_a_clear_error(tmp_path: Path, fleet_keys: Path,
+                                                     model_dir: Path) -> None:
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker="mqtt://127.0.0.1:1", model_dir=model_dir,
+                          state_dir=tmp_path / "state", evaluation__data=str(tmp_path))
+    result = CliRunner().invoke(cli, ["aggregator", "run", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "holds no MIT-BIH records" in result.output
+    assert "Traceback" not in result.output
