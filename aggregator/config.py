@@ -8,86 +8,82 @@ writes, so the docs and the defaults cannot drift apart. Unknown sections or key
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
+from fedbeat.device.settings import ConfigError, example_text, load_sections, setting
 
-class ConfigError(Exception):
-    """The configuration file is missing, not TOML, or has an unknown or invalid setting."""
-
-
-def _f(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+__all__ = ["SECTIONS", "AggregatorConfig", "ConfigError", "example_config", "load_config"]
 
 
 @dataclass(frozen=True)
 class FleetSection:
-    keys: str = _f("keys", "fleet key directory written by `fedbeat keys init`")
-    broker: str = _f("mqtts://localhost:8883",
+    keys: str = setting("keys", "fleet key directory written by `fedbeat keys init`")
+    broker: str = setting("mqtts://localhost:8883",
                      "broker URL: mqtts:// (TLS), wss:// (TLS over WebSockets) or mqtt:// "
                      "(plaintext, the embedded simulation broker only)")
-    state_dir: str = _f("aggregator-state", "SQLite database and model versions live here")
+    state_dir: str = setting("aggregator-state", "SQLite database and model versions live here")
 
 
 @dataclass(frozen=True)
 class ModelSection:
-    dir: str = _f("model", "built model directory (`fedbeat model build --out DIR`)")
-    keep_versions: int = _f(0, "model versions kept on disk; 0 keeps all (rollback needs them)")
+    dir: str = setting("model", "built model directory (`fedbeat model build --out DIR`)")
+    keep_versions: int = setting(0, "model versions kept on disk; 0 keeps all "
+                                    "(rollback needs them)")
 
 
 @dataclass(frozen=True)
 class RoundsSection:
-    rounds: int = _f(0, "rounds to run before stopping; 0 runs until stopped")
-    min_participants: int = _f(2, "a round closes at its deadline only with at least this many")
-    target_participants: int = _f(10, "a round closes as soon as this many updates are in")
-    deadline_s: float = _f(600.0, "seconds a round stays open")
-    max_extensions: int = _f(2, "deadline extensions when too few arrived, before aborting")
-    participation_fraction: float = _f(1.0, "probability that a device is asked to train, "
+    rounds: int = setting(0, "rounds to run before stopping; 0 runs until stopped")
+    min_participants: int = setting(2, "a round closes at its deadline only with at least "
+                                       "this many")
+    target_participants: int = setting(10, "a round closes as soon as this many updates are in")
+    deadline_s: float = setting(600.0, "seconds a round stays open")
+    max_extensions: int = setting(2, "deadline extensions when too few arrived, before aborting")
+    participation_fraction: float = setting(1.0, "probability that a device is asked to train, "
                                             "decided by each device from a seeded hash")
-    epochs: int = _f(1, "local epochs per round")
-    batch_size: int = _f(32, "local batch size")
-    learning_rate: float = _f(0.01, "local learning rate")
-    optimizer: str = _f("sgd", "local optimizer: sgd, adam or adamw")
-    fedprox_mu: float = _f(0.0, "FedProx proximal term (0 = FedAvg)")
-    dp_mode: str = _f("none", "local DP: none, update (clip + Gaussian noise on the update) "
+    epochs: int = setting(1, "local epochs per round")
+    batch_size: int = setting(32, "local batch size")
+    learning_rate: float = setting(0.01, "local learning rate")
+    optimizer: str = setting("sgd", "local optimizer: sgd, adam or adamw")
+    fedprox_mu: float = setting(0.0, "FedProx proximal term (0 = FedAvg)")
+    dp_mode: str = setting("none", "local DP: none, update (clip + Gaussian noise on the update) "
                               "or dpsgd (per-example clipping and noise in training)")
-    clip_norm: float = _f(1.0, "DP clipping norm C")
-    noise_multiplier: float = _f(0.0, "DP noise multiplier sigma (noise std = sigma * C)")
+    clip_norm: float = setting(1.0, "DP clipping norm C")
+    noise_multiplier: float = setting(0.0, "DP noise multiplier sigma (noise std = sigma * C)")
 
 
 @dataclass(frozen=True)
 class AggregationSection:
-    strategy: str = _f("fedavg", "fedavg, trimmed-mean, median, krum or fedbuff")
-    trim_fraction: float = _f(0.1, "trimmed-mean: fraction cut at each end per coordinate")
-    krum_byzantine: int = _f(1, "krum: number of malicious updates f to tolerate")
-    krum_keep: int = _f(0, "krum: updates averaged (Multi-Krum m); 0 = n - f")
-    max_update_norm: float = _f(10.0, "updates with a larger L2 norm are rejected "
+    strategy: str = setting("fedavg", "fedavg, trimmed-mean, median, krum or fedbuff")
+    trim_fraction: float = setting(0.1, "trimmed-mean: fraction cut at each end per coordinate")
+    krum_byzantine: int = setting(1, "krum: number of malicious updates f to tolerate")
+    krum_keep: int = setting(0, "krum: updates averaged (Multi-Krum m); 0 = n - f")
+    max_update_norm: float = setting(10.0, "updates with a larger L2 norm are rejected "
                                       "(norm_exceeded); also what norm bounding clips to")
-    norm_bound: bool = _f(False, "clip every update to max_update_norm before aggregating "
+    norm_bound: bool = setting(False, "clip every update to max_update_norm before aggregating "
                                  "instead of only rejecting larger ones")
-    server_optimizer: str = _f("sgd", "sgd (FedAvg when server_lr = 1), fedadam or fedyogi")
-    server_lr: float = _f(1.0, "server learning rate (eta)")
-    buffer_size: int = _f(10, "fedbuff: updates per new model version")
-    max_staleness: int = _f(10, "fedbuff: oldest base version accepted, in versions behind")
+    server_optimizer: str = setting("sgd", "sgd (FedAvg when server_lr = 1), fedadam or fedyogi")
+    server_lr: float = setting(1.0, "server learning rate (eta)")
+    buffer_size: int = setting(10, "fedbuff: updates per new model version")
+    max_staleness: int = setting(10, "fedbuff: oldest base version accepted, in versions behind")
 
 
 @dataclass(frozen=True)
 class EvaluationSection:
-    data: str = _f("", "MIT-BIH directory for server-side evaluation after every round; "
+    data: str = setting("", "MIT-BIH directory for server-side evaluation after every round; "
                        "empty disables it")
-    split: str = _f("ds2", "records to evaluate on: ds2 (inter-patient test set) or ds1")
-    max_beats: int = _f(0, "evaluate on at most this many beats (0 = all)")
+    split: str = setting("ds2", "records to evaluate on: ds2 (inter-patient test set) or ds1")
+    max_beats: int = setting(0, "evaluate on at most this many beats (0 = all)")
 
 
 @dataclass(frozen=True)
 class ServiceSection:
-    log_json: bool = _f(False, "one JSON object per log line (for journald, Loki, …)")
-    log_level: str = _f("info", "debug, info, warning or error")
-    max_skew_s: float = _f(300.0, "accepted clock difference between devices and us")
-    seed: int = _f(0, "seeds the participation rule and anything random on the server")
+    log_json: bool = setting(False, "one JSON object per log line (for journald, Loki, …)")
+    log_level: str = setting("info", "debug, info, warning or error")
+    max_skew_s: float = setting(300.0, "accepted clock difference between devices and us")
+    seed: int = setting(0, "seeds the participation rule and anything random on the server")
 
 
 SECTIONS: dict[str, type] = {
@@ -132,62 +128,14 @@ class AggregatorConfig:
                 raise ConfigError(message)
 
 
-def _section(name: str, cls: type, values: Any) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) in [{name}]: {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(known))})")
-    for key, value in values.items():
-        kind = hints[key]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key], ok = float(value), True
-        if not ok:
-            raise ConfigError(f"[{name}] {key} must be {kind.__name__}, got {value!r}")
-    return cls(**values)
-
-
 def load_config(path: Path) -> AggregatorConfig:
     """Read and check ``path``; raises :class:`ConfigError` with what to fix."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (write one with `fedbeat aggregator "
-                          "init-config`)") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ConfigError(f"{path}: not a valid TOML file ({exc})") from None
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(SECTIONS)})")
-    sections = {name: _section(name, cls, dict(data.get(name, {})))
-                for name, cls in SECTIONS.items()}
+    sections = load_sections(path, SECTIONS, init_command="fedbeat aggregator init-config")
     config = AggregatorConfig(**sections, base_dir=Path(path).resolve().parent)
     config.validate()
     return config
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
-
-
 def example_config(**overrides: Any) -> str:
     """A complete, commented TOML configuration with every default (``section.key`` overrides)."""
-    lines = ["# fedbeat aggregator configuration. Every setting is optional; shown are the",
-             "# defaults. Relative paths are relative to this file.", ""]
-    for name, cls in SECTIONS.items():
-        lines.append(f"[{name}]")
-        for f in dataclasses.fields(cls):
-            value = overrides.get(f"{name}.{f.name}", f.default)
-            lines.append(f"# {f.metadata['doc']}")
-            lines.append(f"{f.name} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    return example_text("fedbeat aggregator configuration", SECTIONS, overrides)
