@@ -1,7 +1,7 @@
 """The ``fedbeat`` command line: one entry point for every role.
 
 Command groups appear here as they are built (``data``, ``model``, ``train``, ``evaluate``,
-``bench``, ``keys`` and ``broker`` today; ``device``, ``aggregator``, ``simulate`` and ``bundle``
+``bench``, ``keys``, ``broker``, ``aggregator`` and ``device`` today; ``simulate`` and ``bundle``
 as their issues land).
 """
 
@@ -48,6 +48,7 @@ def _register() -> None:
     from fedbeat.tools.cli_bench import bench
     from fedbeat.tools.cli_broker import broker
     from fedbeat.tools.cli_data import data
+    from fedbeat.tools.cli_device import device
     from fedbeat.tools.cli_evaluate import evaluate
     from fedbeat.tools.cli_keys import keys
     from fedbeat.tools.cli_model import model
@@ -55,6 +56,7 @@ def _register() -> None:
 
     cli.add_command(aggregator)
     cli.add_command(data)
+    cli.add_command(device)
     cli.add_command(model)
     cli.add_command(train)
     cli.add_command(evaluate)

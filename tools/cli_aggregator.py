@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -15,32 +13,12 @@ import click
 from rich.table import Table
 
 from fedbeat.aggregator.config import AggregatorConfig, example_config, load_config
+from fedbeat.tools.logs import configure_logging
 from fedbeat.tools.output import emit_json, stderr, stdout
 
 _CONFIG = click.option("--config", "config_path", required=True,
                        type=click.Path(dir_okay=False, path_type=Path),
                        help="Aggregator configuration (TOML; `fedbeat aggregator init-config`).")
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (never payloads or keys)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(config: AggregatorConfig) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if config.service.log_json else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(config.service.log_level.upper())
-    logging.getLogger("paho").setLevel(logging.WARNING)
 
 
 @click.group()
@@ -86,7 +64,7 @@ def run(config_path: Path) -> None:
     from fedbeat.aggregator.service import AggregatorService
 
     config = load_config(config_path)
-    configure_logging(config)
+    configure_logging(config.service.log_level, as_json=config.service.log_json)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,328 @@
+"""The device daemon: learn from the wearer's heart without the data ever leaving.
+
+One loop on the main thread (paho's network thread only queues messages):
+
+1. pull beats from the source into the bounded local store, and run the current global model
+   on them (arrhythmic beats go into the local event log);
+2. handle messages: signed round announcements, signed global models (verified, swapped
+   atomically, smoke-tested, rolled back on failure) and receipts for our updates;
+3. when a round is open and this device is selected, eligible (enough labelled beats, privacy
+   budget left, the power hook agrees) and holds the announced model: train with the ONNX
+   training graph, form the delta, apply local DP, seal, sign, put it in the outbox, publish;
+4. resend outbox entries that got no receipt, with backoff.
+
+Nothing that leaves the device carries raw ECG: only the sealed update and status messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedbeat.broker.client import MqttClient, TlsFiles, Will
+from fedbeat.broker.envelope import Header, MessageType
+from fedbeat.broker.errors import Rejected
+from fedbeat.broker.identity import DeviceIdentity
+from fedbeat.broker.messages import Receiver, Update, open_plain, seal_update, sign_plain
+from fedbeat.broker.model_body import receive_model
+from fedbeat.broker.rounds import Announcement, participates
+from fedbeat.broker.topics import FleetTopics
+from fedbeat.device.config import DeviceConfig
+from fedbeat.device.ecg.stream import StreamBeats
+from fedbeat.device.runtime.beat_store import BeatStore
+from fedbeat.device.runtime.global_model import GlobalModel
+from fedbeat.device.runtime.outbox import Outbox
+from fedbeat.device.runtime.sources import (
+    SerialSource,
+    Source,
+    SyntheticSource,
+    csv_source,
+    record_source,
+)
+from fedbeat.device.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+    balanced_class_weight,
+)
+from fedbeat.models.manifest import load_model_dir
+
+log = logging.getLogger("fedbeat.device")
+
+LOOP_S = 0.05
+MAX_MODEL_BYTES = 64 * 1024 * 1024
+ARRHYTHMIC = (1, 2, 3)          # S, V, F in the AAMI class order N S V F Q
+
+
+def open_source(config: DeviceConfig) -> Source:
+    d = config.data
+    if d.source == "record":
+        return record_source(config.path(d.path or "."), d.record, lead=d.lead,
+                             labels=d.labels, speed=d.speed)
+    if d.source == "csv":
+        return csv_source(config.path(d.path), d.rate_hz, speed=d.speed)
+    if d.source == "serial":
+        return SerialSource(d.path, d.rate_hz)
+    return SyntheticSource(d.seed, speed=d.speed)
+
+
+class DeviceService:
+    """One device; :meth:`start`, then :meth:`run` until stopped."""
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+        self.identity = DeviceIdentity.load(config.path(config.device.keys))
+        self.me = self.identity.device_id
+        self.topics = FleetTopics(self.identity.fleet)
+        state = config.path(config.device.state_dir)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.model_dir = load_model_dir(config.path(config.model.dir))
+        self.layout = self.model_dir.manifest.layout
+        self.global_model = GlobalModel(state / "model", self.layout,
+                                        self.model_dir.initial_params())
+        self.trainer = Trainer(self.model_dir, threads=config.device.threads)
+        self.store = BeatStore(state / "beats.sqlite", config.store.max_beats)
+        self.outbox = Outbox(state / "outbox.sqlite", retry_min_s=config.service.retry_min_s,
+                             retry_max_s=config.service.retry_max_s)
+        self.source = open_source(config)
+        if isinstance(self.source, SyntheticSource):
+            log.warning("data source is SYNTHETIC (%s): not clinical data", self.source.name)
+        aggregator_key = self.identity.aggregator_signing_key
+        self.receiver = Receiver(self.identity.fleet, lambda header: aggregator_key)
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.announcement: Announcement | None = None
+        self.bad_versions: set[int] = set()
+        self.rounds_trained = 0
+        self.source_done = False
+        self.client: MqttClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        tls = TlsFiles(self.identity.ca_cert, self.identity.client_cert,
+                       self.identity.client_key)
+
+        def enqueue(topic: str, payload: bytes) -> None:
+            self.messages.put((topic, payload))
+
+        self.client = MqttClient(
+            self.config.broker.url, self.me, tls=tls,
+            will=Will(self.topics.status(self.me), self._status("offline")),
+            subscriptions={self.topics.round: enqueue, self.topics.model: enqueue,
+                           self.topics.model_chunks: enqueue,
+                           self.topics.inbox(self.me): enqueue})
+        log.info("%s connected to %s (MQTT %s); model v%d; data: %s", self.me,
+                 self.client.url, self.client.protocol, self.global_model.version,
+                 self.source.name)
+        self.client.publish(self.topics.status(self.me), self._status("online"), retain=True)
+
+    def run(self, stop: threading.Event, *, max_rounds: int = 0) -> None:
+        """Until ``stop`` (or ``max_rounds`` trained rounds, for simulations and tests)."""
+        while not stop.is_set():
+            self._ingest_beats()
+            self._handle_messages()
+            self._maybe_train()
+            self._resend()
+            if max_rounds and self.rounds_trained >= max_rounds:
+                return
+            stop.wait(LOOP_S)
+
+    def close(self) -> None:
+        if self.client is not None:
+            if self.client.connected:
+                self.client.publish(self.topics.status(self.me), self._status("offline"),
+                                    retain=True, wait=False)
+            self.client.close()
+        self.source.close()
+        self.store.close()
+        self.outbox.close()
+
+    # -- beats -------------------------------------------------------------------------------
+
+    def _ingest_beats(self) -> None:
+        if self.source_done:
+            return
+        beats = self.source.poll()
+        if beats is None:
+            self.source_done = True
+            log.info("data source %s is exhausted; %d beats stored", self.source.name,
+                     self.store.count())
+            return
+        if len(beats) == 0:
+            return
+        self.store.add(beats)
+        self._infer(beats)
+
+    def _infer(self, beats: StreamBeats) -> None:
+        """Run the current global model on new beats; log arrhythmic ones on the device."""
+        self.trainer.params = self.global_model.params
+        probs = self.trainer.predict(self.trainer.beats(beats.windows, beats.rr))
+        classes = probs.argmax(axis=1)
+        flagged = np.isin(classes, ARRHYTHMIC)
+        self.store.log_events(classes[flagged], probs[flagged].max(axis=1),
+                              self.global_model.version)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _handle_messages(self) -> None:
+        while True:
+            try:
+                topic, payload = self.messages.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                message = self.receiver.receive(topic, payload)
+                if message is None:
+                    continue
+                kind = message.header.type
+                if kind is MessageType.ROUND:
+                    self._on_round(Announcement.from_body(open_plain(message)))
+                elif kind is MessageType.MODEL:
+                    received = receive_model(message, expected_layout=self.layout,
+                                             max_bytes=MAX_MODEL_BYTES)
+                    self._on_model(received.version, received)
+                elif kind is MessageType.DIRECT:
+                    self._on_direct(open_plain(message))
+            except Rejected as rejected:
+                log.warning("refused a message on %s: %s", topic, rejected)
+
+    def _on_round(self, announcement: Announcement) -> None:
+        self.announcement = announcement
+        if announcement.state != "open":
+            self.outbox.expire_rounds_before(announcement.round + 1)
+        log.info("round %d %s (model v%d)", announcement.round, announcement.state,
+                 announcement.model_version)
+
+    def _on_model(self, version: int, received: Any) -> None:
+        if version <= self.global_model.version or version in self.bad_versions:
+            return
+        mismatched = received.mismatched_graphs(self.model_dir.manifest)
+        if mismatched:
+            log.error("model v%d was built for other graphs (%s); keeping v%d", version,
+                      ", ".join(mismatched), self.global_model.version)
+            self.bad_versions.add(version)
+            return
+        self.global_model.install(version, received.params)
+        if not self._smoke_test():
+            self.bad_versions.add(version)
+            self.global_model.roll_back()
+            log.error("model v%d produced non-finite outputs; rolled back to v%d", version,
+                      self.global_model.version)
+            return
+        log.info("installed model v%d", version)
+
+    def _smoke_test(self) -> bool:
+        windows, rr, _ = self.store.labelled(64)
+        if len(windows) == 0:
+            return True
+        self.trainer.params = self.global_model.params
+        return bool(np.all(np.isfinite(self.trainer.predict(self.trainer.beats(windows, rr)))))
+
+    def _on_direct(self, body: Any) -> None:
+        if body.get("kind") != "receipt" or not isinstance(body.get("nonce"), bytes):
+            return
+        if self.outbox.answered(body["nonce"], bool(body.get("accepted")),
+                                str(body.get("reason", ""))):
+            outcome = "accepted" if body.get("accepted") else f"refused ({body['reason']})"
+            log.info("round %s: update %s", body.get("round"), outcome)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _maybe_train(self) -> None:
+        a = self.announcement
+        if a is None or a.state != "open" or a.round in self.outbox.rounds_answered():
+            return
+        if not participates(self.me, a.round, a.participation_seed, a.participation_fraction):
+            return
+        version = self.global_model.version
+        if a.mode == "sync" and version != a.model_version:
+            return                       # wait for the announced model to arrive
+        if a.mode == "async" and not 0 <= a.model_version - version <= a.max_staleness:
+            return
+        reason = self._ineligible(a)
+        if reason:
+            log.info("round %d: not training: %s", a.round, reason)
+            self.outbox.skip(a.round, reason)
+            return
+        self._train_and_send(a, version)
+
+    def _ineligible(self, a: Announcement) -> str:
+        labelled = self.store.count(labelled=True)
+        if labelled < self.config.training.min_labelled_beats:
+            return (f"{labelled} labelled beats, fewer than "
+                    f"{self.config.training.min_labelled_beats}")
+        if a.training.dp_mode != "none":
+            return f"DP mode {a.training.dp_mode!r} is not available on this device yet"
+        if a.training.optimizer not in self.model_dir.manifest.optimizers:
+            return f"the model directory has no {a.training.optimizer!r} optimizer graph"
+        hook = self.config.training.power_hook
+        if hook:
+            try:
+                done = subprocess.run(hook, shell=True, timeout=30, check=False)
+            except subprocess.TimeoutExpired:
+                return "the power hook timed out"
+            if done.returncode != 0:
+                return f"the power hook said no (exit {done.returncode})"
+        return ""
+
+    def _train_and_send(self, a: Announcement, version: int) -> None:
+        windows, rr, labels = self.store.labelled(self.config.training.max_beats)
+        beats = self.trainer.beats(windows, rr, labels)
+        seed = int.from_bytes(hashlib.sha256(f"{self.me}/{a.round}".encode()).digest()[:4],
+                              "big")
+        t = a.training
+        config = TrainConfig(
+            epochs=t.epochs, batch_size=t.batch_size, lr=t.learning_rate, optimizer=t.optimizer,
+            fedprox_mu=t.fedprox_mu, seed=seed,
+            class_weight=balanced_class_weight(labels, len(self.model_dir.manifest.inputs
+                                                           .classes)))
+        self.trainer.params = self.global_model.params
+        started = time.perf_counter()
+        try:
+            result = self.trainer.fit(beats, config)
+        except TrainingDivergedError as exc:
+            log.error("round %d: %s", a.round, exc)
+            return
+        tensors = {name: np.asarray(result.update[name]) for name in self.layout.names}
+        losses = result.losses[np.isfinite(result.losses)]
+        metrics = {"loss": float(losses[-1]) if losses.size else 0.0,
+                   "train_s": time.perf_counter() - started}
+        header = Header.new(MessageType.UPDATE, fleet=self.identity.fleet, sender=self.me,
+                            round=a.round, model_version=version)
+        data = seal_update(header, Update(len(labels), tensors, metrics),
+                           signing_key=self.identity.signing_key,
+                           aggregator_key=self.identity.aggregator_sealing_key)
+        topic = self.topics.update(self.me)
+        self.outbox.add(header.nonce, a.round, topic, data)
+        self.rounds_trained += 1
+        log.info("round %d: trained on %d beats in %.1f s (loss %.3f); update queued",
+                 a.round, len(labels), metrics["train_s"], metrics["loss"])
+        self._resend()
+
+    def _resend(self) -> None:
+        if self.client is None or not self.client.connected:
+            return
+        for pending in self.outbox.due():
+            self.client.publish_message(pending.topic, pending.payload)
+            self.outbox.sent(pending.nonce)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _status(self, state: str) -> bytes:
+        header = Header.new(MessageType.STATUS, fleet=self.identity.fleet, sender=self.me)
+        return sign_plain(header, {"state": state}, self.identity.signing_key)
+
+
+def state_paths(config: DeviceConfig) -> dict[str, Path]:
+    """Where the daemon keeps its state (for operators and the status command)."""
+    state = config.path(config.device.state_dir)
+    return {"beats": state / "beats.sqlite", "outbox": state / "outbox.sqlite",
+            "model": state / "model"}
