@@ -52,6 +52,7 @@ def _register() -> None:
     from fedbeat.tools.cli_evaluate import evaluate
     from fedbeat.tools.cli_keys import keys
     from fedbeat.tools.cli_model import model
+    from fedbeat.tools.cli_privacy import privacy
     from fedbeat.tools.cli_train import train
 
     cli.add_command(aggregator)
@@ -63,6 +64,7 @@ def _register() -> None:
     cli.add_command(bench)
     cli.add_command(keys)
     cli.add_command(broker)
+    cli.add_command(privacy)
 
 
 _register()
