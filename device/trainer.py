@@ -124,6 +124,8 @@ class FitResult:
     ``losses`` has one entry per step (NaN for a DP-SGD step whose Poisson sample was empty).
     ``clipped_fraction`` is, under DP-SGD, the share of sampled examples whose gradient norm
     exceeded the clipping bound: a diagnostic for choosing ``clip_norm``.
+    ``trained`` names the tensors the fit changed: every tensor, or for a head-only fit the
+    head's (the rest of ``update`` is exactly zero); :meth:`update_tensors` is what to send.
     """
 
     params: Params
@@ -132,10 +134,20 @@ class FitResult:
     examples_seen: int
     dp: DpSgdReport | None = None
     clipped_fraction: float | None = None
+    trained: tuple[str, ...] = ()
 
     @property
     def steps(self) -> int:
         return int(self.losses.size)
+
+    @property
+    def partial(self) -> bool:
+        """Whether the update covers only some tensors (a head-only fit)."""
+        return set(self.trained) != set(self.update.layout.names)
+
+    def update_tensors(self) -> dict[str, np.ndarray]:
+        """The update by tensor name, only the trained tensors (a partial update if head-only)."""
+        return {name: self.update[name] for name in self.trained}
 
 
 def uniform_class_weight(num_classes: int) -> np.ndarray:
@@ -186,7 +198,8 @@ class Trainer:
         return Beats.from_arrays(windows, rr, labels, spec=self.manifest.inputs)
 
     def fit(self, beats: Beats, config: TrainConfig, *, dp: DpSgdConfig | None = None,
-            noise: RandomSource | None = None, progress: Progress | None = None) -> FitResult:
+            noise: RandomSource | None = None, progress: Progress | None = None,
+            head_only: bool = False) -> FitResult:
         """Train from the current parameters; the trainer keeps the result.
 
         Parameters
@@ -197,6 +210,10 @@ class Trainer:
             Hyperparameters; ``config.seed`` fixes shuffling and dropout masks.
         dp
             Enable DP-SGD. Noise then comes from ``noise`` (default: the OS CSPRNG).
+        head_only
+            Train only the classifier head (the tensors in :attr:`head_tensors`) on frozen
+            features, with the ``train_head_<optimizer>`` graph; every other tensor keeps its
+            bits and ``FitResult.trained`` lists the head's tensors. Not combinable with ``dp``.
         """
         if beats.labels is None or len(beats) == 0:
             raise InvalidBeatsError("training needs at least one labelled beat")
@@ -206,7 +223,14 @@ class Trainer:
                                  f"{', '.join(self.manifest.optimizers)}); rebuild it with "
                                  f"`fedbeat model build --optimizer {config.optimizer}`")
         start = self.params
-        if dp is None:
+        trained = self.manifest.layout.names
+        if head_only:
+            if dp is not None:
+                raise ValueError("head-only training has no DP-SGD graphs yet; train the head "
+                                 "without dp (use update-level DP) or train the whole model")
+            trained = self.head_tensors
+            run = self._fit_head(beats, config, progress)
+        elif dp is None:
             run = self._fit_plain(beats, config, progress)
         else:
             run = self._fit_dpsgd(beats, config, dp, noise or SecureRandom(), progress)
@@ -215,7 +239,39 @@ class Trainer:
                                         "lower the learning rate (or the clipping norm)")
         self.params = Params.from_flat(start.layout, run.params)
         return FitResult(self.params, self.params - start, run.losses, run.examples_seen,
-                         run.dp, run.clipped_fraction)
+                         run.dp, run.clipped_fraction, trained)
+
+    @property
+    def head_tensors(self) -> tuple[str, ...]:
+        """The classifier head's tensors (everything after the ``join`` features).
+
+        Raises
+        ------
+        ModelFileError
+            The model directory was built without head-only graphs.
+        """
+        head = self.manifest.extra.get("head")
+        if not isinstance(head, dict) or "head_features" not in self.manifest.files:
+            raise ModelFileError(f"model directory {self.model_dir.path} has no head-only "
+                                 "graphs; rebuild it with `fedbeat model build`")
+        return tuple(str(name) for name in head["tensors"])
+
+    @property
+    def head_offset(self) -> int:
+        """Where the head's slice of the flat parameter vector starts (it is the tail)."""
+        head = set(self.head_tensors)
+        return int(next(s.start for name, _, s in self.manifest.layout.slices() if name in head))
+
+    def features(self, beats: Beats, *, batch_size: int = 1024) -> np.ndarray:
+        """The frozen features the head reads, shape (n, F), with the current parameters."""
+        runner = self.sessions.get("head_features")
+        flat = self.params.to_flat()
+        out = [runner.run({"window": beats.windows[i:i + batch_size],
+                           "rr": beats.rr[i:i + batch_size], _PARAMS: flat})["features"]
+               for i in range(0, len(beats), batch_size)]
+        if not out:
+            return np.zeros((0, int(runner.session.get_outputs()[0].shape[1])), np.float32)
+        return np.concatenate(out)
 
     def predict(self, beats: Beats, *, batch_size: int = 1024) -> np.ndarray:
         """Class probabilities, shape (n, classes), with the current parameters."""
@@ -281,6 +337,40 @@ class Trainer:
             for begin in range(0, n, config.batch_size):
                 idx = order[begin:begin + config.batch_size]
                 feed.update(window=beats.windows[idx], rr=beats.rr[idx], labels=beats.labels[idx],
+                            step=np.asarray(step + 1, dtype=np.float32))
+                feed.update(self._dropout_masks(runner, rng, len(idx)))
+                feed[_PARAMS] = params
+                feed.update(state)
+                out = runner.run(feed)
+                params = out[f"new.{_PARAMS}"]
+                state = {k: out[f"new.{k}"] for k in state}
+                losses[step] = out["loss"]
+                step += 1
+                if progress:
+                    progress(step, total)
+        return _Run(params, losses, n * config.epochs)
+
+    def _fit_head(self, beats: Beats, config: TrainConfig,
+                  progress: Progress | None) -> _Run:
+        """As :meth:`_fit_plain`, on features computed once: the trunk does not change."""
+        runner = self.sessions.get(f"train_head_{config.optimizer}")
+        features = self.features(beats)
+        rng = np.random.default_rng(config.seed)
+        feed = self._constant_feed(config, runner, self.params)
+        params = self.params.to_flat()
+        head_size = len(params) - self.head_offset
+        state = {f"state.{slot}": np.zeros(head_size, np.float32)
+                 for slot in _STATE_SLOTS[config.optimizer]}
+        n = len(beats)
+        total = math.ceil(n / config.batch_size) * config.epochs
+        losses = np.empty(total, dtype=np.float32)
+        step = 0
+        assert beats.labels is not None
+        for _ in range(config.epochs):
+            order = rng.permutation(n)
+            for begin in range(0, n, config.batch_size):
+                idx = order[begin:begin + config.batch_size]
+                feed.update(features=features[idx], labels=beats.labels[idx],
                             step=np.asarray(step + 1, dtype=np.float32))
                 feed.update(self._dropout_masks(runner, rng, len(idx)))
                 feed[_PARAMS] = params

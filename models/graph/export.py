@@ -15,6 +15,7 @@ from fedbeat.models.graph.build import (
     build_train_step,
 )
 from fedbeat.models.graph.emit import IR_VERSION, OPSET
+from fedbeat.models.graph.head import build_head_features, build_head_train_step, split_head
 from fedbeat.models.graph.optim import OPTIMIZERS
 from fedbeat.models.layers import Dropout
 from fedbeat.models.manifest import InputSpec, ModelManifest, sha256_file
@@ -42,6 +43,10 @@ def build_model_dir(model: str, out_dir: Path, *, seed: int = 0,
     for opt in optimizers:
         graphs[f"train_{opt}"] = build_train_step(arch, opt)
         graphs[f"apply_{opt}"] = build_apply(arch, opt)
+    head = split_head(arch)
+    graphs["head_features"] = build_head_features(arch)
+    for opt in optimizers:
+        graphs[f"train_head_{opt}"] = build_head_train_step(arch, opt)
     files: dict[str, tuple[str, str]] = {}
     for role, graph in graphs.items():
         path = out_dir / f"{role}.onnx"
@@ -63,6 +68,8 @@ def build_model_dir(model: str, out_dir: Path, *, seed: int = 0,
         dropout={node.name: node.layer.p for node in arch.nodes
                  if isinstance(node.layer, Dropout)},
         fedbeat_version=__version__,
+        extra={"head": {"boundary": head.boundary, "features": head.features,
+                        "tensors": list(head.tensors)}},
     )
     manifest.write(out_dir)
     return manifest

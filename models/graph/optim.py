@@ -62,15 +62,24 @@ def emit_update(g: GraphBuilder, spec: OptimizerSpec, params: str, grad: str,
 
     ``declare_update_inputs`` must have run on the same builder.
     """
-    prox = g.op("Mul", [FEDPROX_MU, g.op("Sub", [params, INPUT_GLOBAL_PARAMS])])
-    grad = g.op("Add", [grad, prox])
-    if spec.name == "sgd":
-        new_w, new_state = _sgd(g, params, grad)
-    else:
-        new_w, new_state = _adam(g, params, grad, decoupled=spec.name == "adamw")
+    new_w, new_state = emit_step(g, spec, params, grad, INPUT_GLOBAL_PARAMS)
     g.add_output(new_w, NEW_PREFIX + params, shape=(size,))
     for slot, tensor in zip(spec.state, new_state, strict=True):
         g.add_output(tensor, NEW_PREFIX + state_input(slot), shape=(size,))
+
+
+def emit_step(g: GraphBuilder, spec: OptimizerSpec, params: str, grad: str,
+              global_params: str) -> tuple[str, list[str]]:
+    """The update itself: FedProx term, then the optimizer; returns new weights and state.
+
+    ``params``, ``grad`` and ``global_params`` are flat tensors of one size; the state inputs
+    (``state.<slot>``) must have that size too. The head-only graphs pass slices here.
+    """
+    prox = g.op("Mul", [FEDPROX_MU, g.op("Sub", [params, global_params])])
+    grad = g.op("Add", [grad, prox])
+    if spec.name == "sgd":
+        return _sgd(g, params, grad)
+    return _adam(g, params, grad, decoupled=spec.name == "adamw")
 
 
 def _sgd(g: GraphBuilder, w: str, grad: str) -> tuple[str, list[str]]:
