@@ -81,13 +81,15 @@ def _log_a_int(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
 
     A_α = Σ_{i=0..α} C(α, i) (1 − q)^(α−i) q^i exp((i² − i) / (2σ²)), summed in log space.
     """
-    a = alphas[:, None]
-    i = np.arange(int(alphas.max()) + 1, dtype=np.float64)[None, :]
-    valid = i <= a
-    k = np.where(valid, i, 0.0)
-    log_binom = special.gammaln(a + 1) - special.gammaln(k + 1) - special.gammaln(a - k + 1)
-    terms = log_binom + k * math.log(q) + (a - k) * math.log1p(-q) + (k * k - k) / (2 * sigma**2)
-    return np.asarray(special.logsumexp(np.where(valid, terms, -np.inf), axis=1))
+    lengths = alphas.astype(np.int64) + 1
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    a = np.repeat(alphas, lengths)                          # all (α, i) pairs, one flat array
+    i = (np.arange(lengths.sum()) - np.repeat(starts, lengths)).astype(np.float64)
+    log_binom = special.gammaln(a + 1) - special.gammaln(i + 1) - special.gammaln(a - i + 1)
+    terms = log_binom + i * math.log(q) + (a - i) * math.log1p(-q) + (i * i - i) / (2 * sigma**2)
+    peak = np.maximum.reduceat(terms, starts)               # log-sum-exp per order
+    return np.asarray(peak + np.log(np.add.reduceat(np.exp(terms - np.repeat(peak, lengths)),
+                                                    starts)))
 
 
 def _log_a_frac(q: float, sigma: float, alphas: np.ndarray, terms: int = 64) -> np.ndarray:
@@ -151,22 +153,26 @@ def rdp_gaussian(*, noise_multiplier: float, orders: Sequence[float] = DEFAULT_O
     return alphas / (2 * noise_multiplier**2)
 
 
-@functools.lru_cache(maxsize=512)
-def _rdp_per_step(q: float, sigma: float, orders: tuple[float, ...]) -> tuple[float, ...]:
-    if q == 0:
-        return (0.0,) * len(orders)
-    if sigma == 0:
-        return (math.inf,) * len(orders)
-    if q == 1:
-        return tuple(a / (2 * sigma**2) for a in orders)
+@functools.lru_cache(maxsize=2048)        # ~1.3 KB per (q, σ): a device's whole history fits
+def _rdp_per_step(q: float, sigma: float, orders: tuple[float, ...]) -> np.ndarray:
+    """Per-step RDP of the sampled Gaussian at ``orders`` (cached, read-only)."""
     alphas = np.asarray(orders)
-    log_a = np.empty(alphas.shape)
-    integer = alphas == np.floor(alphas)
-    if integer.any():
-        log_a[integer] = _log_a_int(q, sigma, alphas[integer])
-    if not integer.all():
-        log_a[~integer] = _log_a_frac(q, sigma, alphas[~integer])
-    return tuple((log_a / (alphas - 1)).tolist())
+    if q == 0:
+        out = np.zeros(alphas.shape)
+    elif sigma == 0:
+        out = np.full(alphas.shape, math.inf)
+    elif q == 1:
+        out = alphas / (2 * sigma**2)
+    else:
+        log_a = np.empty(alphas.shape)
+        integer = alphas == np.floor(alphas)
+        if integer.any():
+            log_a[integer] = _log_a_int(q, sigma, alphas[integer])
+        if not integer.all():
+            log_a[~integer] = _log_a_frac(q, sigma, alphas[~integer])
+        out = log_a / (alphas - 1)
+    out.setflags(write=False)
+    return out
 
 
 def rdp_sampled_gaussian(*, sample_rate: float, noise_multiplier: float, steps: int = 1,
@@ -197,8 +203,8 @@ def rdp_sampled_gaussian(*, sample_rate: float, noise_multiplier: float, steps: 
     _check_mechanism(noise_multiplier, sample_rate)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    per_step = np.asarray(_rdp_per_step(float(sample_rate), float(noise_multiplier),
-                                        tuple(float(a) for a in alphas)))
+    per_step = _rdp_per_step(float(sample_rate), float(noise_multiplier),
+                             tuple(float(a) for a in alphas))
     return per_step * steps if steps else np.zeros_like(per_step)
 
 
