@@ -47,6 +47,7 @@ def _register() -> None:
     from fedbeat.tools.cli_aggregator import aggregator
     from fedbeat.tools.cli_bench import bench
     from fedbeat.tools.cli_broker import broker
+    from fedbeat.tools.cli_bundle import bundle
     from fedbeat.tools.cli_data import data
     from fedbeat.tools.cli_device import device
     from fedbeat.tools.cli_evaluate import evaluate
@@ -64,6 +65,7 @@ def _register() -> None:
     cli.add_command(bench)
     cli.add_command(keys)
     cli.add_command(broker)
+    cli.add_command(bundle)
     cli.add_command(privacy)
 
 
