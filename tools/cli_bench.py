@@ -11,6 +11,7 @@ def bench() -> None:
 
 
 def _register() -> None:
+    from fedbeat.tools.bench_ingest import ingest
     from fedbeat.tools.bench_pipeline import pipeline
     from fedbeat.tools.bench_train import train
     from fedbeat.tools.bench_transport import transport
@@ -18,6 +19,7 @@ def _register() -> None:
     bench.add_command(train)
     bench.add_command(pipeline)
     bench.add_command(transport)
+    bench.add_command(ingest)
 
 
 _register()
