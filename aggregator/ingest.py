@@ -9,14 +9,13 @@ update is folded into the in-memory aggregate, so a crash can never leave the tw
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedbeat.aggregator.store import AcceptedUpdate, StateStore
+from fedbeat.aggregator.strategies.aggregate import l2_norm
 from fedbeat.aggregator.strategies.base import Aggregation, ClientUpdate
 from fedbeat.broker.envelope import MessageType
 from fedbeat.broker.errors import Rejected, RejectReason
@@ -79,9 +78,7 @@ class Ingest:
                                  open_round)
             opened = open_update(message, self.sealing_key, max_elements=self.max_elements,
                                  expected=self.shapes, allow_subset=True)
-            norm = math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64),
-                                              t.ravel().astype(np.float64)))
-                                 for t in opened.tensors.values()))
+            norm = l2_norm(list(opened.tensors.values()))
             if norm > self.max_update_norm:
                 raise Rejected(RejectReason.NORM_EXCEEDED,
                                f"L2 norm {norm:.3g} above {self.max_update_norm:g}")

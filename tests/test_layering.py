@@ -60,3 +60,12 @@ def test_installed_wheel_has_no_generic_top_level_packages() -> None:
         spec = importlib.util.find_spec(generic)
         assert spec is None or "site-packages" not in str(spec.origin or ""), generic
     assert (PACKAGE_ROOT / "py.typed").is_file()
+
+
+def test_the_cli_starts_without_onnx_or_torch() -> None:
+    """A device install has neither: every command module must import them lazily."""
+    code = ("import sys\nimport fedbeat.tools.cli\n"
+            "print(','.join(m for m in ('onnx', 'torch', 'tensorflow', 'wfdb', 'amqtt') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"importing the CLI loaded: {out.stdout.strip()}"

@@ -53,7 +53,6 @@ from fedbeat.broker.registry import DeviceRegistry, fleet_key_resolver
 from fedbeat.broker.replay import ReplayGuard
 from fedbeat.broker.rounds import participates
 from fedbeat.broker.topics import FleetTopics
-from fedbeat.models.graph.export import build_model_dir
 from fedbeat.models.manifest import load_model_dir
 from fedbeat.models.params import ParamLayout
 from fedbeat.tools import pki
@@ -118,6 +117,7 @@ def build_workload(work: Path, *, model: str, devices: int, updates: int, update
     device_ids = [f"dev-{i:04d}" for i in range(devices)]
     for device_id in device_ids:
         pki.add_device(keys, device_id)
+    from fedbeat.models.graph.export import build_model_dir  # onnx: off the device
     build_model_dir(model, work / "model", seed=0)
     layout = load_model_dir(work / "model").manifest.layout
     identities = [DeviceIdentity.load(keys / "devices" / d) for d in device_ids]

@@ -100,8 +100,8 @@ def epsilon(mode: str, sigma: float, sample_rate: float | None, steps: int | Non
     result = {
         "mode": mode, "noise_multiplier": sigma, "sample_rate": sample_rate,
         "steps_per_round": steps, "rounds": rounds, "total_steps": steps * rounds,
-        "delta": delta, "epsilon": _json_float(eps), "optimal_order": order,
-        "epsilon_classic": _json_float(eps_classic), "optimal_order_classic": order_classic,
+        "delta": delta, "epsilon": _json_float(eps_classic), "optimal_order": order_classic,
+        "epsilon_tight": _json_float(eps), "optimal_order_tight": order,
         "protects": "one beat (record-level)" if mode == "dpsgd" else
                     "the patient's data (user-level)",
         "charged_noise_multiplier": charged_sigma,
@@ -110,9 +110,9 @@ def epsilon(mode: str, sigma: float, sample_rate: float | None, steps: int | Non
     if as_json:
         emit_json(result)
         return
-    click.echo(f"ε = {eps:.4g} at δ = {delta:g}  (protects {result['protects']})")
-    click.echo(f"  RDP order {order:g}; older conversion (Mironov 2017) gives ε = "
-               f"{eps_classic:.4g}")
+    click.echo(f"ε = {eps_classic:.4g} at δ = {delta:g}  (protects {result['protects']})")
+    click.echo(f"  RDP order {order_classic:g}, classic conversion (what budgets use); the "
+               f"improved conversion (Balle et al. 2020) gives ε = {eps:.4g}")
     if mode == "update":
         click.echo(f"  update-level: any two datasets of the patient differ by up to 2C, "
                    f"so σ = {sigma:g} is charged as {charged_sigma:g}")
