@@ -4,6 +4,11 @@ The interpreter comes from ``ai-edge-litert`` (the maintained TFLite runtime) or
 the older ``tflite-runtime`` wheel still found on some boards. Neither onnx, torch nor
 TensorFlow is imported here. Models exported with a dynamic batch run a whole batch at once;
 fixed-batch models (batch 1, the wearable case) run the examples one at a time.
+
+Int8 models (``fedbeat.models.tflite_quant``) run through the same calls: with float32 edges
+the file quantizes and dequantizes itself; with int8 inputs and outputs this runner quantizes
+the float beats with each input's scale and zero point and dequantizes the outputs, so callers
+always pass and receive float32.
 """
 
 from __future__ import annotations
@@ -95,6 +100,9 @@ class TFLiteModel:
         self.dynamic_batch = int(signature[0]) == -1
         self._batch = int(window_shape[0])
         self._interpreter.allocate_tensors()
+        int8 = {np.dtype(d["dtype"]) == np.int8 for d in self._interpreter.get_tensor_details()}
+        self.precision = "int8" if True in int8 else "float32"
+        """"int8" for a quantized model (any int8 tensor), else "float32"."""
 
     def predict(self, window: np.ndarray, rr: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (n, classes), for windows (n, 1, T) and RR (n, F)."""
@@ -131,8 +139,29 @@ class TFLiteModel:
 
     def _invoke(self, window: np.ndarray, rr: np.ndarray, output: str) -> np.ndarray:
         self._resize(window.shape[0])
-        self._interpreter.set_tensor(self._inputs[INPUT_WINDOW]["index"], window)
-        self._interpreter.set_tensor(self._inputs[INPUT_RR]["index"], rr)
+        for name, value in ((INPUT_WINDOW, window), (INPUT_RR, rr)):
+            details = self._inputs[name]
+            self._interpreter.set_tensor(details["index"], _to_input(value, details))
         self._interpreter.invoke()
-        result = self._interpreter.get_tensor(self._outputs[output]["index"])
-        return np.array(result, dtype=np.float32)
+        details = self._outputs[output]
+        return _from_output(self._interpreter.get_tensor(details["index"]), details)
+
+
+def _to_input(value: np.ndarray, details: dict[str, Any]) -> np.ndarray:
+    """Quantize float ``value`` for an integer input tensor (round half to even, saturate)."""
+    dtype = np.dtype(details["dtype"])
+    if dtype == np.float32:
+        return value
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(dtype)
+    q = np.round(value.astype(np.float64) / float(scale)) + int(zero_point)
+    return np.asarray(np.clip(q, info.min, info.max), dtype=dtype)
+
+
+def _from_output(value: np.ndarray, details: dict[str, Any]) -> np.ndarray:
+    """Dequantize an integer output tensor; a float output is copied."""
+    if np.dtype(details["dtype"]) == np.float32:
+        return np.array(value, dtype=np.float32)
+    scale, zero_point = details["quantization"]
+    real = (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return np.asarray(real, dtype=np.float32)

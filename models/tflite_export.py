@@ -75,6 +75,19 @@ def _options(kind: str, **fields: OptionValue) -> _Options:
     return _Options(kind, tuple(fields.items()))
 
 
+@dataclass(frozen=True)
+class _Quant:
+    """Affine quantization ``real = scale * (q - zero_point)``, per tensor or per channel.
+
+    Per-channel parameters (one scale and zero point per index of ``axis``) serve int8
+    convolution filters and their int32 biases; everything else is per tensor.
+    """
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int = 0
+
+
 @dataclass
 class _Tensor:
     name: str
@@ -82,6 +95,7 @@ class _Tensor:
     dtype: int
     buffer: int = 0
     batched: bool = False  # dimension 0 is the batch (dynamic when the graph allows it)
+    quant: _Quant | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,7 @@ class _Graph:
     buffers: list[bytes] = field(default_factory=lambda: [b""])  # buffer 0: empty sentinel
     ops: list[_Op] = field(default_factory=list)
     opcodes: dict[int, int] = field(default_factory=dict)  # builtin code -> opcode index
+    versions: dict[int, int] = field(default_factory=dict)  # builtin code -> version if not 1
 
     def _add(self, tensor: _Tensor) -> int:
         self.tensors.append(tensor)
@@ -376,12 +391,29 @@ def _write_buffer(b: flatbuffers.Builder, data: bytes) -> int:
     return int(tflite.BufferEnd(b))
 
 
+def _write_quant(b: flatbuffers.Builder, quant: _Quant) -> int:
+    b.StartVector(4, len(quant.scale), 4)
+    for scale in reversed(quant.scale):
+        b.PrependFloat32(float(scale))
+    scales = int(b.EndVector())
+    b.StartVector(8, len(quant.zero_point), 8)
+    for zero_point in reversed(quant.zero_point):
+        b.PrependInt64(int(zero_point))
+    zero_points = int(b.EndVector())
+    tflite.QuantizationParametersStart(b)
+    tflite.QuantizationParametersAddScale(b, scales)
+    tflite.QuantizationParametersAddZeroPoint(b, zero_points)
+    tflite.QuantizationParametersAddQuantizedDimension(b, quant.axis)
+    return int(tflite.QuantizationParametersEnd(b))
+
+
 def _write_tensor(b: flatbuffers.Builder, tensor: _Tensor, dynamic_batch: bool) -> int:
     name = b.CreateString(tensor.name)
     shape = _int32_vector(b, tensor.shape)
     signature = None
     if tensor.batched and dynamic_batch:
         signature = _int32_vector(b, (-1, *tensor.shape[1:]))
+    quant = _write_quant(b, tensor.quant) if tensor.quant is not None else None
     tflite.TensorStart(b)
     tflite.TensorAddShape(b, shape)
     if signature is not None:
@@ -389,6 +421,8 @@ def _write_tensor(b: flatbuffers.Builder, tensor: _Tensor, dynamic_batch: bool) 
     tflite.TensorAddType(b, tensor.dtype)
     tflite.TensorAddBuffer(b, tensor.buffer)
     tflite.TensorAddName(b, name)
+    if quant is not None:
+        tflite.TensorAddQuantization(b, quant)
     return int(tflite.TensorEnd(b))
 
 
@@ -406,11 +440,11 @@ def _write_operator(b: flatbuffers.Builder, op: _Op) -> int:
     return int(tflite.OperatorEnd(b))
 
 
-def _write_opcode(b: flatbuffers.Builder, builtin: int) -> int:
+def _write_opcode(b: flatbuffers.Builder, builtin: int, version: int = 1) -> int:
     tflite.OperatorCodeStart(b)
     tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(builtin, 127))
     tflite.OperatorCodeAddBuiltinCode(b, builtin)
-    tflite.OperatorCodeAddVersion(b, 1)
+    tflite.OperatorCodeAddVersion(b, version)
     return int(tflite.OperatorCodeEnd(b))
 
 
@@ -456,7 +490,8 @@ def _serialise(g: _Graph, inputs: list[int], outputs: list[int], description: st
     buffers = _offset_vector(b, [_write_buffer(b, data) for data in g.buffers])
     subgraphs = _offset_vector(b, [_write_subgraph(b, g, inputs, outputs)])
     codes = sorted(g.opcodes, key=g.opcodes.__getitem__)
-    opcodes = _offset_vector(b, [_write_opcode(b, code) for code in codes])
+    opcodes = _offset_vector(b, [_write_opcode(b, code, g.versions.get(code, 1))
+                                 for code in codes])
     signatures = _offset_vector(b, [_write_signature(b, g, inputs, outputs)])
     text = b.CreateString(description)
     tflite.ModelStart(b)

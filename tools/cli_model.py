@@ -169,3 +169,101 @@ def train(model_dir: Path, data_dir: Path | None, epochs: int, batch_size: int, 
                  f"{summary['loss_first']:.3f} -> {summary['loss_last']:.3f}; "
                  f"test accuracy {summary['test_accuracy']:.3f}")
     print_metrics(metrics, "test set", synthetic=dataset.synthetic)
+
+
+def _calibration_beats(source: Path, records: str | None, count: int,
+                       seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Representative beats from an .npz (``windows``, ``rr``) or MIT-BIH DS1 records."""
+    from fedbeat.models.tflite_quant import CalibrationError, representative_beats
+    from fedbeat.tools.cli_evaluate import load_split
+
+    if source.is_file():
+        try:
+            with np.load(source) as arrays:
+                windows, rr = arrays["windows"], arrays["rr"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"--calibration {source}: need an .npz with arrays 'windows' and "
+                             f"'rr' ({exc})") from None
+        where = str(source)
+    else:
+        split = load_split(source, "ds1", records, seed=seed)
+        windows, rr, _ = stack(split.records)
+        where = split.source
+    try:
+        windows, rr = representative_beats(windows, rr, count=count, seed=seed)
+    except CalibrationError as exc:
+        raise UsageError(f"--calibration {source}: {exc}") from None
+    return windows, rr, where
+
+
+@model.command("export-tflite")
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Trained parameters (raw float32, manifest layout); default: the "
+              "directory's initial parameters.")
+@click.option("--out", "out_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The .tflite file to write.")
+@click.option("--int8", "int8", is_flag=True,
+              help="Full-integer int8 post-training quantization (needs --calibration).")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path),
+              help="Representative beats for --int8: an MIT-BIH directory (its DS1 records are "
+              "used, never DS2) or an .npz with arrays 'windows' and 'rr'.")
+@click.option("--calibration-records",
+              help="Comma-separated DS1 records to calibrate on (default: all of DS1).")
+@click.option("--calibration-beats", default=2000, show_default=True, type=click.IntRange(1),
+              help="Beats drawn (seeded, uniformly) from the calibration data.")
+@click.option("--io", "io", type=click.Choice(["float32", "int8"]), default="float32",
+              show_default=True, help="With --int8: float32 inputs/outputs around the int8 "
+              "body, or int8 inputs/outputs.")
+@click.option("--fixed-batch", is_flag=True, help="A fixed batch of 1 (the wearable case).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: Path, int8: bool,
+                          calibration: Path | None, calibration_records: str | None,
+                          calibration_beats: int, io: str, fixed_batch: bool, seed: int,
+                          as_json: bool) -> None:
+    """Write a model's parameters as a TFLite file for wearable-class devices.
+
+    float32 by default; with --int8 a full-integer int8 model (per-channel int8 conv weights,
+    int8 activations from calibration ranges, int32 biases), calibrated on training beats.
+    """
+    from fedbeat.models.manifest import load_model_dir
+    from fedbeat.models.params import ParamError, Params
+
+    try:
+        from fedbeat.models.tflite_export import write_tflite
+        from fedbeat.models.tflite_quant import write_tflite_int8
+    except ImportError:
+        raise UsageError("TFLite export needs the tflite extra: "
+                         "pip install 'fedbeat[tflite]'") from None
+    if int8 != (calibration is not None):
+        raise UsageError("--int8 needs --calibration (representative training beats), and "
+                         "--calibration is only for --int8")
+    if io != "float32" and not int8:
+        raise UsageError("--io int8 goes with --int8")
+    loaded = load_model_dir(model_dir)
+    try:
+        params = (loaded.initial_params() if params_path is None
+                  else Params.load(loaded.manifest.layout, params_path))
+    except ParamError as exc:
+        raise UsageError(f"--params {params_path}: {exc}") from None
+    arch = create_architecture(loaded.manifest.model)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"model": arch.name, "out": str(out_path),
+                              "precision": "int8" if int8 else "float32", "io": io,
+                              "dynamic_batch": not fixed_batch}
+    if calibration is not None:
+        windows, rr, where = _calibration_beats(calibration, calibration_records,
+                                                calibration_beats, seed)
+        write_tflite_int8(arch, params, out_path, windows, rr, dynamic_batch=not fixed_batch,
+                          io=io)
+        result.update(calibration=where, calibration_beats=int(windows.shape[0]))
+    else:
+        write_tflite(arch, params, out_path, dynamic_batch=not fixed_batch)
+    result["bytes"] = out_path.stat().st_size
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    if as_json:
+        emit_json(result)
+    else:
+        stderr.print(f"[green]wrote[/] {out_path} ({result['precision']}, "
+                     f"{result['bytes']:,} bytes)")
