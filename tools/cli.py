@@ -1,8 +1,8 @@
 """The ``fedbeat`` command line: one entry point for every role.
 
 Command groups appear here as they are built (``data``, ``model``, ``train``, ``evaluate``,
-``bench``, ``keys``, ``broker``, ``aggregator`` and ``device`` today; ``simulate`` and ``bundle``
-as their issues land).
+``bench``, ``experiment``, ``keys``, ``broker``, ``aggregator`` and ``device`` today;
+``simulate`` and ``bundle`` as their issues land).
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ def cli() -> None:
     """
 
 
+@click.group()
+def experiment() -> None:
+    """Reproducible measurements on real data (their figures go in docs/results.md)."""
+
+
 def _register() -> None:
     from fedbeat.tools.cli_aggregator import aggregator
     from fedbeat.tools.cli_bench import bench
@@ -55,6 +60,7 @@ def _register() -> None:
     from fedbeat.tools.cli_model import model
     from fedbeat.tools.cli_privacy import privacy
     from fedbeat.tools.cli_train import train
+    from fedbeat.tools.robust_experiment import robust
 
     cli.add_command(aggregator)
     cli.add_command(data)
@@ -67,6 +73,8 @@ def _register() -> None:
     cli.add_command(broker)
     cli.add_command(bundle)
     cli.add_command(privacy)
+    experiment.add_command(robust)
+    cli.add_command(experiment)
 
 
 _register()
