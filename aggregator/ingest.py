@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedbeat.aggregator.store import AcceptedUpdate, StateStore
@@ -23,6 +24,9 @@ from fedbeat.broker.messages import Receiver, open_update
 from fedbeat.broker.rounds import participates
 from fedbeat.models.params import ParamLayout
 
+MAX_COORDINATE = 64.0
+"""Exact (fixed-point) aggregation represents each value below this magnitude."""
+
 
 @dataclass(frozen=True)
 class OpenRound:
@@ -33,6 +37,7 @@ class OpenRound:
     participation_seed: str
     participation_fraction: float
     max_staleness: int | None = None     # set in asynchronous (FedBuff) mode
+    max_norm: float | None = None        # overrides the service's bound (update-level DP)
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,13 @@ class Ingest:
             opened = open_update(message, self.sealing_key, max_elements=self.max_elements,
                                  expected=self.shapes, allow_subset=True)
             norm = l2_norm(list(opened.tensors.values()))
-            if norm > self.max_update_norm:
-                raise Rejected(RejectReason.NORM_EXCEEDED,
-                               f"L2 norm {norm:.3g} above {self.max_update_norm:g}")
+            bound = update.max_norm or self.max_update_norm
+            if norm > bound:
+                raise Rejected(RejectReason.NORM_EXCEEDED, f"L2 norm {norm:.3g} above {bound:g}")
+            if any(np.max(np.abs(t), initial=0.0) >= MAX_COORDINATE
+                   for t in opened.tensors.values()):
+                raise Rejected(RejectReason.BAD_TENSOR,
+                               f"a value beyond ±{MAX_COORDINATE:g} (exact aggregation's range)")
             if opened.num_samples < 1 or not opened.tensors:
                 raise Rejected(RejectReason.BAD_TENSOR, "an update needs samples and tensors")
             accepted = AcceptedUpdate(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import queue
 import signal
@@ -356,7 +357,8 @@ class AggregatorService:
             open_round = OpenRound(
                 self.round.round_id, self.round.model_version, ann["participation_seed"],
                 ann["participation_fraction"],
-                self.config.aggregation.max_staleness if self.async_mode else None)
+                self.config.aggregation.max_staleness if self.async_mode else None,
+                self._noised_norm_bound(ann["training"]))
         outcome = self.ingest.process(delivery.topic, delivery.payload, open_round,
                                       self.aggregation)
         if outcome is not None:
@@ -372,6 +374,15 @@ class AggregatorService:
             self._receipt(outcome)
         if not is_chunk(delivery.payload):
             delivery.ack()
+
+    def _noised_norm_bound(self, training: dict[str, Any]) -> float | None:
+        """With update-level DP a device adds N(0, σ²C²) to every coordinate of its clipped
+        update, so an honest update's norm is about σC√d: allow C + σC(√d + 5) (the norm of a
+        d-dimensional Gaussian exceeds σ√d by more than 5σ with probability below 1e-10)."""
+        if training.get("dp_mode") != "update":
+            return None
+        c, sigma = float(training["clip_norm"]), float(training["noise_multiplier"])
+        return c + sigma * c * (math.sqrt(self.layout.size) + 5.0)
 
     def _receipt(self, outcome: Outcome) -> None:
         """Tell a proven sender what became of its update, so its outbox can stop resending."""

@@ -57,9 +57,11 @@ class StoreSection:
 class TrainingSection:
     min_labelled_beats: int = setting(200, "skip a round with fewer labelled beats than this")
     max_beats: int = setting(20_000, "train on at most this many of the newest labelled beats")
-    epsilon_budget: float = setting(10.0, "total privacy budget; the device refuses rounds "
-                                          "that would exceed it (ignored without DP)")
+    epsilon_budget: float = setting(10.0, "total privacy budget (classic RDP conversion, "
+                                          "docs/privacy.md); the device refuses DP rounds that "
+                                          "would exceed it")
     delta: float = setting(1e-5, "DP delta for the budget")
+    require_dp: bool = setting(False, "refuse rounds that ask for no differential privacy")
     power_hook: str = setting("", "command that must exit 0 before training (e.g. check that "
                                   "the device is charging); empty: always train")
 

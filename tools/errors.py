@@ -14,6 +14,7 @@ from fedbeat.broker.identity import KeyFileError
 from fedbeat.broker.launch import BrokerError
 from fedbeat.device.beats import InvalidBeatsError
 from fedbeat.device.ecg.records import RecordError
+from fedbeat.device.privacy.ledger import LedgerError
 from fedbeat.device.runtime.sources import SourceError
 from fedbeat.models.manifest import ModelFileError
 from fedbeat.models.params import ParamError
@@ -28,5 +29,5 @@ class UsageError(Exception):
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError, ModelFileError, InvalidBeatsError, ParamError, UnknownModelError, RecordError,
     KeyFileError, KeyExistsError, UnknownDeviceError, BrokerError, BrokerConnectionError,
-    ConfigError, ModelStoreError, EvaluationDataError, SourceError,
+    ConfigError, ModelStoreError, EvaluationDataError, SourceError, LedgerError,
 )

@@ -37,6 +37,8 @@ from fedbeat.broker.rounds import Announcement, participates
 from fedbeat.broker.topics import FleetTopics
 from fedbeat.device.config import DeviceConfig
 from fedbeat.device.ecg.stream import StreamBeats
+from fedbeat.device.privacy.ledger import BudgetExhausted, PrivacyLedger, Spend
+from fedbeat.device.privacy.update_dp import clip_and_noise
 from fedbeat.device.runtime.beat_store import BeatStore
 from fedbeat.device.runtime.global_model import GlobalModel
 from fedbeat.device.runtime.outbox import Outbox
@@ -48,6 +50,7 @@ from fedbeat.device.runtime.sources import (
     record_source,
 )
 from fedbeat.device.trainer import (
+    DpSgdConfig,
     TrainConfig,
     Trainer,
     TrainingDivergedError,
@@ -83,7 +86,12 @@ class DeviceService:
         self.me = self.identity.device_id
         self.topics = FleetTopics(self.identity.fleet)
         state = config.path(config.device.state_dir)
+        # A device is provisioned when its state directory is first used: only then may a
+        # privacy ledger be created. A ledger that disappears later stops the device rather
+        # than silently resetting the patient's budget.
+        fresh = not (state / "outbox.sqlite").exists()
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ledger = PrivacyLedger.open(state / "privacy-ledger.json", create=fresh)
         self.model_dir = load_model_dir(config.path(config.model.dir))
         self.layout = self.model_dir.manifest.layout
         self.global_model = GlobalModel(state / "model", self.layout,
@@ -259,8 +267,15 @@ class DeviceService:
         if labelled < self.config.training.min_labelled_beats:
             return (f"{labelled} labelled beats, fewer than "
                     f"{self.config.training.min_labelled_beats}")
-        if a.training.dp_mode != "none":
-            return f"DP mode {a.training.dp_mode!r} is not available on this device yet"
+        if a.training.dp_mode == "none":
+            if self.config.training.require_dp:
+                return "the round asks for no differential privacy, and this device requires it"
+        else:
+            refusal = self.ledger.refusal_reason(
+                budget_epsilon=self.config.training.epsilon_budget,
+                delta=self.config.training.delta, planned_spend=self._planned_spend(a))
+            if refusal:
+                return refusal
         if a.training.optimizer not in self.model_dir.manifest.optimizers:
             return f"the model directory has no {a.training.optimizer!r} optimizer graph"
         hook = self.config.training.power_hook
@@ -272,6 +287,19 @@ class DeviceService:
             if done.returncode != 0:
                 return f"the power hook said no (exit {done.returncode})"
         return ""
+
+    def _sample_rate(self, a: Announcement) -> float:
+        labelled = min(self.store.count(labelled=True), self.config.training.max_beats)
+        return min(1.0, a.training.batch_size / max(1, labelled))
+
+    def _planned_spend(self, a: Announcement) -> Spend:
+        """What this round costs in privacy, exactly as the trainer will run it."""
+        t = a.training
+        if t.dp_mode == "dpsgd":
+            q = self._sample_rate(a)
+            return Spend(str(a.round), "dpsgd", t.noise_multiplier, sample_rate=q,
+                         steps=t.epochs * max(1, round(1 / q)))
+        return Spend(str(a.round), "update", t.noise_multiplier)
 
     def _train_and_send(self, a: Announcement, version: int) -> None:
         windows, rr, labels = self.store.labelled(self.config.training.max_beats)
@@ -285,16 +313,35 @@ class DeviceService:
             class_weight=balanced_class_weight(labels, len(self.model_dir.manifest.inputs
                                                            .classes)))
         self.trainer.params = self.global_model.params
+        dp = None
+        if t.dp_mode == "dpsgd":
+            dp = DpSgdConfig(t.noise_multiplier, t.clip_norm, sample_rate=self._sample_rate(a))
         started = time.perf_counter()
         try:
-            result = self.trainer.fit(beats, config)
+            result = self.trainer.fit(beats, config, dp=dp)
         except TrainingDivergedError as exc:
             log.error("round %d: %s", a.round, exc)
             return
         tensors = {name: np.asarray(result.update[name]) for name in self.layout.names}
+        if t.dp_mode == "update":
+            noised = clip_and_noise(tensors, clip_norm=t.clip_norm,
+                                    noise_multiplier=t.noise_multiplier)
+            tensors = noised.tensors
         losses = result.losses[np.isfinite(result.losses)]
         metrics = {"loss": float(losses[-1]) if losses.size else 0.0,
                    "train_s": time.perf_counter() - started}
+        if t.dp_mode != "none":
+            # Charged before the update can leave: a crash after this point costs budget but
+            # never releases an unaccounted update.
+            try:
+                self.ledger.record(self._planned_spend(a), now=time.time(),
+                                   budget_epsilon=self.config.training.epsilon_budget,
+                                   delta=self.config.training.delta)
+            except BudgetExhausted as exc:
+                log.warning("round %d: not sending: %s", a.round, exc.reason)
+                self.outbox.skip(a.round, exc.reason)
+                return
+            metrics["epsilon"] = self.ledger.spent(self.config.training.delta)
         header = Header.new(MessageType.UPDATE, fleet=self.identity.fleet, sender=self.me,
                             round=a.round, model_version=version)
         data = seal_update(header, Update(len(labels), tensors, metrics),

@@ -7,6 +7,7 @@ model, train with the ONNX training graphs, and their sealed updates are accepte
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from fedbeat.aggregator.model_store import ModelStore
 from fedbeat.broker.mosquitto import MosquittoBroker
 from fedbeat.device.config import example_device_config, load_device_config
+from fedbeat.device.privacy.ledger import PrivacyLedger
 from fedbeat.device.runtime.outbox import Outbox
 from fedbeat.models.manifest import load_model_dir
 from fedbeat.tools.cli import cli
@@ -86,3 +88,46 @@ def test_device_config_errors_are_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "data.source must be one of" in result.output
     assert "Traceback" not in result.output
+
+
+def test_local_dp_spends_budget_and_stops_at_it(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path,
+        model_dirs: dict[str, Path]) -> None:
+    """Update-level DP with σ = 5: one round costs ε ≈ 2.0 (δ = 1e-5), two would cost ≈ 2.9,
+    so with a budget of 2.5 each device trains once and refuses the second round."""
+    model_dir = model_dirs["ecg-cnn-s"]
+    state = tmp_path / "aggregator-state"
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir, state_dir=state,
+                          rounds__rounds=2, rounds__min_participants=2,
+                          rounds__target_participants=2, rounds__deadline_s=4.0,
+                          rounds__max_extensions=0, rounds__dp_mode="update",
+                          rounds__noise_multiplier=5.0, rounds__clip_norm=1.0)
+    aggregator = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    processes = []
+    for i in (3, 4):
+        path = device_config(tmp_path, fleet_keys, f"dev-{i}", mosquitto.tls_url, model_dir, i)
+        text = path.read_text().replace("epsilon_budget = 10.0", "epsilon_budget = 2.5")
+        path.write_text(text)
+        log = (tmp_path / f"dev-{i}.log").open("wb")
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "fedbeat", "device", "run", "--config", str(path)],
+            stdout=log, stderr=log))
+    try:
+        assert aggregator.wait(240) == 0, aggregator.output()
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+        aggregator.stop()
+    doc = json.loads(CliRunner().invoke(cli, ["aggregator", "status", "--config", str(config),
+                                              "--json"]).stdout)
+    assert [r["state"] for r in reversed(doc["rounds"])] == ["closed", "aborted"]
+    for row in doc["devices"]:
+        assert row["epsilon"] == pytest.approx(2.0, abs=0.15)     # reported in the update
+    for i in (3, 4):
+        log = (tmp_path / f"dev-{i}.log").read_text()
+        assert "would exceed" in log or "budget" in log
+        spent = PrivacyLedger.open(tmp_path / f"dev-{i}" / "privacy-ledger.json").spent(1e-5)
+        assert spent == pytest.approx(2.0, abs=0.15)
+        assert spent < 2.5
