@@ -212,8 +212,9 @@ class Trainer:
             Enable DP-SGD. Noise then comes from ``noise`` (default: the OS CSPRNG).
         head_only
             Train only the classifier head (the tensors in :attr:`head_tensors`) on frozen
-            features, with the ``train_head_<optimizer>`` graph; every other tensor keeps its
-            bits and ``FitResult.trained`` lists the head's tensors. Not combinable with ``dp``.
+            features, with the ``train_head_<optimizer>`` graph (with ``dp``: ``dpsgd_head`` and
+            ``apply_head_<optimizer>``, per-example clipping of the head's gradient); every
+            other tensor keeps its bits and ``FitResult.trained`` lists the head's tensors.
         """
         if beats.labels is None or len(beats) == 0:
             raise InvalidBeatsError("training needs at least one labelled beat")
@@ -225,11 +226,12 @@ class Trainer:
         start = self.params
         trained = self.manifest.layout.names
         if head_only:
-            if dp is not None:
-                raise ValueError("head-only training has no DP-SGD graphs yet; train the head "
-                                 "without dp (use update-level DP) or train the whole model")
             trained = self.head_tensors
-            run = self._fit_head(beats, config, progress)
+            if dp is None:
+                run = self._fit_head(beats, config, progress)
+            else:
+                run = self._fit_dpsgd(beats, config, dp, noise or SecureRandom(), progress,
+                                      head=True)
         elif dp is None:
             run = self._fit_plain(beats, config, progress)
         else:
@@ -385,9 +387,13 @@ class Trainer:
         return _Run(params, losses, n * config.epochs)
 
     def _fit_dpsgd(self, beats: Beats, config: TrainConfig, dp: DpSgdConfig,
-                   noise: RandomSource, progress: Progress | None) -> _Run:
-        grad_runner = self.sessions.get("dpsgd")
-        apply_runner = self.sessions.get(f"apply_{config.optimizer}")
+                   noise: RandomSource, progress: Progress | None, *,
+                   head: bool = False) -> _Run:
+        suffix = "_head" if head else ""
+        grad_runner = self.sessions.get(f"dpsgd{suffix}")
+        apply_runner = self.sessions.get(f"apply{suffix}_{config.optimizer}")
+        data = ({"features": self.features(beats)} if head
+                else {"window": beats.windows, "rr": beats.rr})
         rng = np.random.default_rng(config.seed)       # dropout masks only: not privacy-critical
         n = len(beats)
         q = dp.sample_rate if dp.sample_rate is not None else min(1.0, config.batch_size / n)
@@ -398,6 +404,10 @@ class Trainer:
         apply_feed = self._constant_feed(config, apply_runner, self.params)
         params = self.params.to_flat()
         state = self._initial_state(config.optimizer)
+        grad_size = params.size
+        if head:
+            grad_size -= self.head_offset
+            state = {k: np.zeros(grad_size, dtype=np.float32) for k in state}
         std = dp.noise_multiplier * dp.clip_norm
         losses = np.full(total, np.nan, dtype=np.float32)
         seen = clipped = 0
@@ -405,8 +415,8 @@ class Trainer:
         for step in range(total):
             idx = np.flatnonzero(noise.uniform(n) < q)          # Poisson sampling
             if idx.size:
-                grad_feed.update(window=beats.windows[idx], rr=beats.rr[idx],
-                                 labels=beats.labels[idx])
+                grad_feed.update({k: v[idx] for k, v in data.items()})
+                grad_feed["labels"] = beats.labels[idx]
                 grad_feed.update(self._dropout_masks(grad_runner, rng, idx.size))
                 grad_feed[_PARAMS] = params
                 out = grad_runner.run(grad_feed)
@@ -415,7 +425,7 @@ class Trainer:
                 clipped += int(np.count_nonzero(out["per_example_norm"] > dp.clip_norm))
                 seen += idx.size
             else:                                               # an empty sample still noises
-                total_grad = np.zeros_like(params)
+                total_grad = np.zeros(grad_size, dtype=np.float32)
             noisy = total_grad + noise.normal(total_grad.shape, std)
             apply_feed["grad"] = (noisy / expected_batch).astype(np.float32)
             apply_feed[_PARAMS] = params

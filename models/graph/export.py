@@ -15,7 +15,13 @@ from fedbeat.models.graph.build import (
     build_train_step,
 )
 from fedbeat.models.graph.emit import IR_VERSION, OPSET
-from fedbeat.models.graph.head import build_head_features, build_head_train_step, split_head
+from fedbeat.models.graph.head import (
+    build_head_apply,
+    build_head_dpsgd,
+    build_head_features,
+    build_head_train_step,
+    split_head,
+)
 from fedbeat.models.graph.optim import OPTIMIZERS
 from fedbeat.models.layers import Dropout
 from fedbeat.models.manifest import InputSpec, ModelManifest, sha256_file
@@ -45,8 +51,10 @@ def build_model_dir(model: str, out_dir: Path, *, seed: int = 0,
         graphs[f"apply_{opt}"] = build_apply(arch, opt)
     head = split_head(arch)
     graphs["head_features"] = build_head_features(arch)
+    graphs["dpsgd_head"] = build_head_dpsgd(arch)
     for opt in optimizers:
         graphs[f"train_head_{opt}"] = build_head_train_step(arch, opt)
+        graphs[f"apply_head_{opt}"] = build_head_apply(arch, opt)
     files: dict[str, tuple[str, str]] = {}
     for role, graph in graphs.items():
         path = out_dir / f"{role}.onnx"

@@ -21,7 +21,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from fedbeat.models.graph.backward import backward
-from fedbeat.models.graph.emit import BATCH, GraphBuilder
+from fedbeat.models.graph.build import (
+    INPUT_CLIP_NORM,
+    INPUT_GRAD,
+    OUTPUT_CLIPPED_SUM,
+    OUTPUT_NORMS,
+)
+from fedbeat.models.graph.emit import BATCH, GraphBuilder, Shape
 from fedbeat.models.graph.forward import (
     INPUT_PARAMS,
     declare_data_inputs,
@@ -141,8 +147,11 @@ def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _head_forward_backward(g: GraphBuilder, arch: Architecture, split: HeadSplit, *,
-                           per_example: bool) -> tuple[str, str, str]:
-    """Inputs, head forward, loss and backward; returns (frozen slice, head slice, flat grad)."""
+                           per_example: bool) -> tuple[str, str, dict[str, str]]:
+    """Inputs, head forward, loss and backward; returns (frozen slice, head slice, gradients).
+
+    With ``per_example`` the gradients keep the batch axis, (N, *shape), for DP-SGD.
+    """
     layout = ParamLayout.from_architecture(arch)
     g.add_input(INPUT_FEATURES, TensorProto.FLOAT, (BATCH, split.features))
     g.add_input(INPUT_PARAMS, TensorProto.FLOAT, (layout.size,))
@@ -166,9 +175,38 @@ def _head_forward_backward(g: GraphBuilder, arch: Architecture, split: HeadSplit
     grads = backward(g, forward_nodes, shapes, {logits: loss.dlogits}, list(split.tensors),
                      per_example=per_example)
     g.add_output(loss.loss, "loss", shape=())
-    flat = flatten_concat(g, [grads[name] for name in split.tensors],
-                          [shape for _, shape in entries])
-    return frozen, head, flat
+    return frozen, head, grads
+
+
+def _flat_head_gradient(g: GraphBuilder, arch: Architecture, split: HeadSplit,
+                        grads: dict[str, str]) -> str:
+    layout = ParamLayout.from_architecture(arch)
+    shapes: list[Shape] = [shape for _, shape in layout.entries[-len(split.tensors):]]
+    return flatten_concat(g, [grads[name] for name in split.tensors], shapes)
+
+
+def _declare_head_update(g: GraphBuilder, optimizer: str, split: HeadSplit,
+                         size: int) -> str:
+    """Hyperparameter, FedProx and head-sized state inputs; returns the anchor's head slice."""
+    spec = OPTIMIZERS[optimizer]
+    for hp in (*spec.hyperparams, FEDPROX_MU):
+        g.add_input(hp, TensorProto.FLOAT, ())
+    g.add_input(INPUT_GLOBAL_PARAMS, TensorProto.FLOAT, (size,))
+    for slot in spec.state:
+        g.add_input(state_input(slot), TensorProto.FLOAT, (split.size,))
+    return g.op("Slice", [INPUT_GLOBAL_PARAMS, g.const_i64([split.offset]),
+                          g.const_i64([size]), g.const_i64([0])])
+
+
+def _emit_head_update(g: GraphBuilder, optimizer: str, split: HeadSplit, size: int,
+                      frozen: str, head: str, grad: str, global_head: str) -> None:
+    """Optimizer step on the head slice; ``new.params`` = frozen part + new head."""
+    spec = OPTIMIZERS[optimizer]
+    new_head, new_state = emit_step(g, spec, head, grad, global_head)
+    g.add_output(g.op("Concat", [frozen, new_head], axis=0), NEW_PREFIX + INPUT_PARAMS,
+                 shape=(size,))
+    for slot, tensor in zip(spec.state, new_state, strict=True):
+        g.add_output(tensor, NEW_PREFIX + state_input(slot), shape=(split.size,))
 
 
 def build_head_train_step(arch: Architecture, optimizer: str) -> onnx.ModelProto:
@@ -178,23 +216,13 @@ def build_head_train_step(arch: Architecture, optimizer: str) -> onnx.ModelProto
     and ``state.*`` of the head's size. ``new.params`` is the full vector, its feature part
     copied from ``params``.
     """
-    spec = OPTIMIZERS[optimizer]
     split = split_head(arch)
     size = ParamLayout.from_architecture(arch).size
     g = GraphBuilder(prefix="h")
-    frozen, head, grad = _head_forward_backward(g, arch, split, per_example=False)
-    for hp in (*spec.hyperparams, FEDPROX_MU):
-        g.add_input(hp, TensorProto.FLOAT, ())
-    g.add_input(INPUT_GLOBAL_PARAMS, TensorProto.FLOAT, (size,))
-    for slot in spec.state:
-        g.add_input(state_input(slot), TensorProto.FLOAT, (split.size,))
-    global_head = g.op("Slice", [INPUT_GLOBAL_PARAMS, g.const_i64([split.offset]),
-                                 g.const_i64([size]), g.const_i64([0])])
-    new_head, new_state = emit_step(g, spec, head, grad, global_head)
-    g.add_output(g.op("Concat", [frozen, new_head], axis=0), NEW_PREFIX + INPUT_PARAMS,
-                 shape=(size,))
-    for slot, tensor in zip(spec.state, new_state, strict=True):
-        g.add_output(tensor, NEW_PREFIX + state_input(slot), shape=(split.size,))
+    frozen, head, grads = _head_forward_backward(g, arch, split, per_example=False)
+    grad = _flat_head_gradient(g, arch, split, grads)
+    global_head = _declare_head_update(g, optimizer, split, size)
+    _emit_head_update(g, optimizer, split, size, frozen, head, grad, global_head)
     return g.model(f"{arch.name}-train-head-{optimizer}",
                    f"fedbeat head-only training step ({optimizer})")
 
@@ -203,6 +231,45 @@ def build_head_gradient(arch: Architecture) -> onnx.ModelProto:
     """Loss and ``head_grad``, the flat gradient of the head's tensors (for checks)."""
     split = split_head(arch)
     g = GraphBuilder(prefix="hg")
-    _, _, grad = _head_forward_backward(g, arch, split, per_example=False)
-    g.add_output(grad, OUTPUT_HEAD_GRAD, shape=(split.size,))
+    _, _, grads = _head_forward_backward(g, arch, split, per_example=False)
+    g.add_output(_flat_head_gradient(g, arch, split, grads), OUTPUT_HEAD_GRAD,
+                 shape=(split.size,))
     return g.model(f"{arch.name}-head-gradient", "fedbeat head-only batch gradient")
+
+
+def build_head_dpsgd(arch: Architecture) -> onnx.ModelProto:
+    """DP-SGD on the head: per-example head gradients clipped to ``clip_norm``, summed.
+
+    As :func:`fedbeat.models.graph.build.build_dpsgd_grad` on frozen ``features``;
+    ``clipped_sum`` has the head's size. The norm is the head gradient's: the trunk's gradient
+    is not computed, and not released.
+    """
+    split = split_head(arch)
+    g = GraphBuilder(prefix="hd")
+    _, _, grads = _head_forward_backward(g, arch, split, per_example=True)
+    clip = g.add_input(INPUT_CLIP_NORM, TensorProto.FLOAT, ())
+    flat = [g.op("Flatten", [grads[name]], axis=1) for name in split.tensors]      # (N, size)
+    squares = [g.op("ReduceSumSquare", [f], axes=[1], keepdims=0) for f in flat]
+    norm = g.op("Sqrt", [g.op("Sum", squares)])                                      # (N,)
+    factor = g.op("Div", [clip, g.op("Max", [norm, clip])])
+    row = g.op("Unsqueeze", [factor, g.const_i64([0])])                              # (1, N)
+    sums = [g.op("MatMul", [row, f]) for f in flat]                                 # (1, size)
+    row_shapes: list[Shape] = [(1, -1)] * len(sums)
+    g.add_output(flatten_concat(g, sums, row_shapes), OUTPUT_CLIPPED_SUM, shape=(split.size,))
+    g.add_output(norm, OUTPUT_NORMS, shape=(BATCH,))
+    return g.model(f"{arch.name}-dpsgd-head", "fedbeat DP-SGD on the head")
+
+
+def build_head_apply(arch: Architecture, optimizer: str) -> onnx.ModelProto:
+    """Apply a head-sized flat ``grad`` (the noised DP-SGD average) to the head only."""
+    split = split_head(arch)
+    size = ParamLayout.from_architecture(arch).size
+    g = GraphBuilder(prefix="ha")
+    g.add_input(INPUT_PARAMS, TensorProto.FLOAT, (size,))
+    g.add_input(INPUT_GRAD, TensorProto.FLOAT, (split.size,))
+    frozen, head = g.op_multi("Split", [INPUT_PARAMS, g.const_i64([split.offset, split.size])],
+                              2, axis=0)
+    global_head = _declare_head_update(g, optimizer, split, size)
+    _emit_head_update(g, optimizer, split, size, frozen, head, INPUT_GRAD, global_head)
+    return g.model(f"{arch.name}-apply-head-{optimizer}",
+                   f"fedbeat apply a head gradient ({optimizer})")

@@ -14,15 +14,27 @@ import numpy as np
 import onnx
 import pytest
 
+from fedbeat.device.privacy.noise import SeededRandom
 from fedbeat.device.trainer import DpSgdConfig, TrainConfig, Trainer
 from fedbeat.models import layers
-from fedbeat.models.graph.build import OUTPUT_GRAD, OUTPUT_LOSS, build_gradient
+from fedbeat.models.graph.build import (
+    INPUT_CLIP_NORM,
+    INPUT_GRAD,
+    OUTPUT_CLIPPED_SUM,
+    OUTPUT_GRAD,
+    OUTPUT_LOSS,
+    OUTPUT_NORMS,
+    build_apply,
+    build_gradient,
+)
 from fedbeat.models.graph.export import build_model_dir
 from fedbeat.models.graph.forward import INPUT_PARAMS
 from fedbeat.models.graph.head import (
     INPUT_FEATURES,
     OUTPUT_FEATURES,
     OUTPUT_HEAD_GRAD,
+    build_head_apply,
+    build_head_dpsgd,
     build_head_features,
     build_head_gradient,
     build_head_train_step,
@@ -56,6 +68,9 @@ def graph(arch_name: str, kind: str, optimizer: str = "") -> onnx.ModelProto:
     return {"features": lambda: build_head_features(arch),
             "head_gradient": lambda: build_head_gradient(arch),
             "gradient": lambda: build_gradient(arch),
+            "dpsgd_head": lambda: build_head_dpsgd(arch),
+            "apply_head": lambda: build_head_apply(arch, optimizer),
+            "apply": lambda: build_apply(arch, optimizer),
             "train_head": lambda: build_head_train_step(arch, optimizer)}[kind]()
 
 
@@ -240,11 +255,68 @@ def test_full_fit_reports_every_tensor(built: Path) -> None:
     assert set(result.update_tensors()) == set(trainer.manifest.layout.names)
 
 
-def test_head_only_with_dpsgd_is_refused(built: Path) -> None:
+def test_head_dpsgd_clips_each_example_head_gradient(arch: Architecture, start: Params,
+                                                     batch: Batch) -> None:
+    """Against per-example head gradients from the (torch-checked) head gradient graph."""
+    split = split_head(arch)
+    feed = head_feed(arch, start, batch)
+    grads = []
+    for i in range(len(batch.labels)):
+        one = {k: v[i:i + 1] if k not in (INPUT_PARAMS, "class_weight") else v
+               for k, v in feed.items()}
+        grad = run_graph(arch, "head_gradient", one)[OUTPUT_HEAD_GRAD].astype(np.float64)
+        grads.append(grad * batch.class_weight[batch.labels[i]])  # w[y] * CE_i, not normalised
+    norms = np.array([np.linalg.norm(g) for g in grads])
+    clip = float(np.float32(np.median(norms)))               # clips half of the examples
+    expected = sum(g * min(1.0, clip / n) for g, n in zip(grads, norms, strict=True))
+    out = run_graph(arch, "dpsgd_head", {**feed, INPUT_CLIP_NORM: scalar(clip)})
+    assert out[OUTPUT_CLIPPED_SUM].shape == (split.size,)
+    assert_rel(out[OUTPUT_NORMS], norms, TOL, "per-example norms")
+    assert_rel(out[OUTPUT_CLIPPED_SUM], np.asarray(expected), TOL, "clipped sum")
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_head_apply_is_the_full_apply_on_the_head(arch: Architecture, start: Params,
+                                                  optimizer: str) -> None:
+    split = split_head(arch)
+    spec = OPTIMIZERS[optimizer]
+    rng = np.random.default_rng(4)
+    grad = rng.standard_normal(split.size).astype(np.float32)
+    anchor = start.to_flat() + 0.01
+    fixed = {**{k: scalar(v) for k, v in OPT_HYPER[optimizer].items()}, "step": scalar(1),
+             FEDPROX_MU: scalar(0.2), INPUT_GLOBAL_PARAMS: anchor, INPUT_PARAMS: start.to_flat()}
+    head = run_graph(arch, "apply_head", {
+        **fixed, INPUT_GRAD: grad,
+        **{f"state.{s}": np.zeros(split.size, np.float32) for s in spec.state}}, optimizer)
+    size = start.layout.size
+    full = run_graph(arch, "apply", {
+        **fixed, INPUT_GRAD: np.concatenate([np.zeros(split.offset, np.float32), grad]),
+        **{f"state.{s}": np.zeros(size, np.float32) for s in spec.state}}, optimizer)
+    new = head[NEW_PREFIX + INPUT_PARAMS]
+    assert new[:split.offset].tobytes() == start.to_flat()[:split.offset].tobytes()
+    np.testing.assert_allclose(new[split.offset:], full[NEW_PREFIX + INPUT_PARAMS][split.offset:],
+                               rtol=1e-6, atol=1e-7)
+    for s in spec.state:
+        np.testing.assert_allclose(head[f"new.state.{s}"],
+                                   full[f"new.state.{s}"][split.offset:], rtol=1e-6, atol=1e-9)
+
+
+def test_trainer_head_only_dpsgd_keeps_the_trunk(built: Path) -> None:
     trainer = Trainer(built)
-    with pytest.raises(ValueError, match="head-only"):
-        trainer.fit(trainer.beats(*toy_beats(trainer, 10)), TrainConfig(),
-                    dp=DpSgdConfig(noise_multiplier=1.0, clip_norm=1.0), head_only=True)
+    beats = trainer.beats(*toy_beats(trainer, 64))
+    start = trainer.params
+    dp = DpSgdConfig(noise_multiplier=1.0, clip_norm=1.0)
+    result = trainer.fit(beats, TrainConfig(epochs=2, batch_size=16, lr=0.05), dp=dp,
+                         noise=SeededRandom(3), head_only=True)
+    assert result.trained == HEAD["ecg-cnn-s"]
+    assert result.dp is not None
+    assert result.dp.steps == 2 * 4
+    assert result.dp.sample_rate == 16 / 64
+    assert result.clipped_fraction is not None
+    for name in start:
+        if name not in result.trained:
+            assert result.params[name].tobytes() == start[name].tobytes(), name
+    assert all(np.any(v) for v in result.update_tensors().values())
 
 
 def test_head_must_read_only_the_features() -> None:
