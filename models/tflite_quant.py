@@ -1,4 +1,4 @@
-"""Full-integer int8 post-training quantization of the TFLite export, calibrated on real beats.
+"""Int8 post-training quantization of the TFLite export, calibrated on real beats.
 
 The scheme is TFLite's int8 specification (what its converter writes and what integer-only
 kernels, e.g. TFLite Micro on a microcontroller-class wearable, run):
@@ -11,7 +11,12 @@ kernels, e.g. TFLite Micro on a microcontroller-class wearable, run):
 - operators that move values without arithmetic (reshape, transpose, pad, pooling,
   concatenation) keep one scale and zero point between their inputs and output, as the int8
   kernels require: their tensors share the union of their calibrated ranges;
-- GroupNorm's statistics run in int8 too (MEAN, SUB, MUL, RSQRT on calibrated ranges).
+- GroupNorm: with ``groupnorm="int8"`` its statistics run in int8 too (MEAN, SUB, MUL,
+  RSQRT on calibrated ranges) and the file is full-integer; with ``groupnorm="float"`` (the
+  default) each GroupNorm runs in float32 between a DEQUANTIZE and a QUANTIZE, because int8
+  squares cannot resolve groups whose variances span two orders of magnitude, which was the
+  main accuracy cost measured on MIT-BIH (``docs/wearable.md``). Convolutions, fully
+  connected layers, pooling, activations and all weights stay int8 either way.
 
 Edges: with ``io="float32"`` (the default, what the device runner wants) the file keeps float
 ``window``/``rr`` inputs and ``logits``/``probs`` outputs: a QUANTIZE op after each input, a
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 import tflite
 
+from fedbeat.models import layers
 from fedbeat.models.params import Params
 from fedbeat.models.tflite_export import (
     OUTPUT_LOGITS,
@@ -49,8 +55,10 @@ from fedbeat.models.zoo import Architecture
 IO_TYPES = ("float32", "int8")
 DEFAULT_CALIBRATION_BEATS = 2000
 """How many representative beats :func:`representative_beats` picks by default."""
-DEFAULT_COVERAGE = 0.999
-"""Share of a tensor's calibration values its int8 range covers (the rest saturate)."""
+GROUPNORM_MODES = ("float", "int8")
+DEFAULT_COVERAGE = {"float": 1.0, "int8": 0.999}
+"""Share of a tensor's calibration values its int8 range covers (the rest saturate), by
+GroupNorm mode; chosen on held-out DS1 beats (``docs/wearable.md``)."""
 _SAMPLES_PER_BATCH = 16384
 
 _INT8_MIN, _INT8_MAX = -128, 127
@@ -91,8 +99,9 @@ def representative_beats(windows: np.ndarray, rr: np.ndarray, *,
 
 def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, rr: np.ndarray,
                        *, dynamic_batch: bool = True, io: str = "float32",
-                       coverage: float = DEFAULT_COVERAGE, batch_size: int = 256) -> bytes:
-    """Quantize the inference graph of ``arch`` to full-integer int8 and serialise it.
+                       groupnorm: str = "float", coverage: float | None = None,
+                       batch_size: int = 256) -> bytes:
+    """Quantize the inference graph of ``arch`` to int8 and serialise it.
 
     Parameters
     ----------
@@ -106,9 +115,12 @@ def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, 
     io
         "float32": float inputs and outputs around an int8 body (QUANTIZE/DEQUANTIZE at the
         edges); "int8": int8 inputs and outputs (the caller quantizes).
+    groupnorm
+        "float": GroupNorm runs in float32 between a DEQUANTIZE and a QUANTIZE (its int8
+        statistics are the main error, see ``docs/wearable.md``); "int8": full-integer.
     coverage
-        Share of the calibration beats each activation range covers entirely (see
-        :func:`calibrate`); 1.0 is plain min/max.
+        Share of each activation's calibration values its range covers (see
+        :func:`calibrate`); by default :data:`DEFAULT_COVERAGE` for the GroupNorm mode.
     batch_size
         Beats per interpreter call during calibration.
 
@@ -121,13 +133,20 @@ def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, 
     """
     if io not in IO_TYPES:
         raise ValueError(f"io must be one of {', '.join(IO_TYPES)}, got {io!r}")
+    if groupnorm not in GROUPNORM_MODES:
+        raise ValueError(f"groupnorm must be one of {', '.join(GROUPNORM_MODES)}, "
+                         f"got {groupnorm!r}")
     windows, rr = _check_beats(windows, rr, arch)
     g, inputs, outputs = _build_graph(arch, params, dynamic_batch=dynamic_batch)
+    coverage = DEFAULT_COVERAGE[groupnorm] if coverage is None else coverage
     ranges = calibrate(g, inputs, outputs, windows, rr, coverage=coverage, batch_size=batch_size)
-    inputs, outputs = _quantize(g, inputs, outputs, ranges, io=io)
+    float_nodes = [n.name for n in arch.nodes
+                   if groupnorm == "float" and isinstance(n.layer, layers.GroupNorm)]
+    inputs, outputs = _quantize(g, inputs, outputs, ranges, io=io, float_nodes=float_nodes)
     batch = "dynamic batch" if dynamic_batch else "batch 1"
     edges = "float32 input/output" if io == "float32" else "int8 input/output"
-    description = (f"fedbeat {arch.name} inference, int8 full-integer ({edges}), {batch}; "
+    body = "int8 full-integer" if groupnorm == "int8" else "int8 with float32 GroupNorm"
+    description = (f"fedbeat {arch.name} inference, {body} ({edges}), {batch}; "
                    f"calibrated on {windows.shape[0]} beats; inputs window "
                    f"[N,1,{arch.window_samples}] and rr [N,{arch.rr_features}], outputs logits "
                    f"and probs [N,{arch.num_classes}]")
@@ -136,11 +155,11 @@ def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, 
 
 def write_tflite_int8(arch: Architecture, params: Params, path: Path | str, windows: np.ndarray,
                       rr: np.ndarray, *, dynamic_batch: bool = True, io: str = "float32",
-                      coverage: float = DEFAULT_COVERAGE) -> Path:
+                      groupnorm: str = "float", coverage: float | None = None) -> Path:
     """Export with :func:`export_tflite_int8` and write the file; returns its path."""
     target = Path(path)
     target.write_bytes(export_tflite_int8(arch, params, windows, rr, dynamic_batch=dynamic_batch,
-                                          io=io, coverage=coverage))
+                                          io=io, groupnorm=groupnorm, coverage=coverage))
     return target
 
 
@@ -170,8 +189,7 @@ def _check_beats(windows: np.ndarray, rr: np.ndarray,
 
 
 def calibrate(g: _Graph, inputs: list[int], outputs: list[int], windows: np.ndarray,
-              rr: np.ndarray, *, coverage: float = DEFAULT_COVERAGE,
-              batch_size: int = 256) -> Ranges:
+              rr: np.ndarray, *, coverage: float = 1.0, batch_size: int = 256) -> Ranges:
     """(min, max) of every activation tensor of float graph ``g`` over the beats.
 
     The range is the ``1 - coverage`` and ``coverage`` quantiles of the tensor's values over
@@ -291,15 +309,48 @@ def _repoint(g: _Graph, old: int, new: int) -> None:
                     op.options) for op in g.ops]
 
 
+def _float_island(g: _Graph, node: str, ranges: Ranges) -> set[int]:
+    """Keep GroupNorm ``node`` in float32: DEQUANTIZE its input, QUANTIZE its output.
+
+    Returns the island's tensors (activations and constants), which stay float32.
+    """
+    names = {i: t.name for i, t in enumerate(g.tensors)}
+    island = {i for i, name in names.items()
+              if name in (node, f"{node}.weight", f"{node}.bias") or name.startswith(node + "/")}
+    output = next(i for i, name in names.items() if name == node)
+    first = next(k for k, op in enumerate(g.ops) if op.outputs[0] in island)
+    source = g.ops[first].inputs[0]
+    entry = len(g.tensors)
+    g.tensors.append(_Tensor(f"{node}/float_input", g.tensors[source].shape,
+                             tflite.TensorType.FLOAT32, batched=True))
+    op = g.ops[first]
+    g.ops[first] = _Op(op.opcode, (entry, *op.inputs[1:]), op.outputs, op.options)
+    _add_op(g, "DEQUANTIZE", [source], [entry], first)
+    exit_ = len(g.tensors)
+    g.tensors.append(_Tensor(f"{node}/int8", g.tensors[output].shape,
+                             tflite.TensorType.FLOAT32, batched=True))
+    ranges[exit_] = ranges[output]
+    _repoint(g, output, exit_)
+    producer = next(k for k, op in enumerate(g.ops) if op.outputs[0] == output)
+    _add_op(g, "QUANTIZE", [output], [exit_], producer + 1)
+    return island | {entry}
+
+
 def _quantize(g: _Graph, inputs: list[int], outputs: list[int], ranges: Ranges, *,
-              io: str) -> tuple[list[int], list[int]]:
-    """Rewrite float graph ``g`` in place as int8; returns its new input and output tensors."""
+              io: str, float_nodes: Sequence[str] = ()) -> tuple[list[int], list[int]]:
+    """Rewrite float graph ``g`` in place as int8; returns its new input and output tensors.
+
+    ``float_nodes`` (GroupNorm nodes) stay float32 between a DEQUANTIZE and a QUANTIZE.
+    """
     logits, probs = outputs
     softmax = g.ops[-1]
     if softmax.outputs != (probs,):
         raise TFLiteExportError("expected the graph to end with the softmax")
     ranges = dict(ranges)
     new_inputs = list(inputs)
+    kept_float: set[int] = set()
+    for node in float_nodes:
+        kept_float |= _float_island(g, node, ranges)
     if io == "float32":
         for k, x in enumerate(inputs):                      # float input -> QUANTIZE -> int8
             t = g.tensors[x]
@@ -321,10 +372,11 @@ def _quantize(g: _Graph, inputs: list[int], outputs: list[int], ranges: Ranges, 
         float_edges = set()
         new_outputs = list(outputs)
 
+    float_edges |= kept_float
     classes = _Classes()
     codes = {index: _CODE_NAMES[code] for code, index in g.opcodes.items()}
     for op in g.ops:
-        if codes[op.opcode] in _SAME_PARAMS:
+        if codes[op.opcode] in _SAME_PARAMS and op.outputs[0] not in kept_float:
             data = op.inputs if codes[op.opcode] == "CONCATENATION" else op.inputs[:1]
             for x in data:
                 classes.union(x, op.outputs[0])
@@ -345,7 +397,8 @@ def _quantize(g: _Graph, inputs: list[int], outputs: list[int], ranges: Ranges, 
     for op in g.ops:
         code = codes[op.opcode]
         consts = [(k, x) for k, x in enumerate(op.inputs)
-                  if g.tensors[x].buffer != 0 and g.tensors[x].dtype == tflite.TensorType.FLOAT32]
+                  if g.tensors[x].buffer != 0 and g.tensors[x].dtype == tflite.TensorType.FLOAT32
+                  and x not in kept_float]
         if not consts:
             continue
         if code in ("CONV_2D", "FULLY_CONNECTED"):

@@ -215,17 +215,20 @@ def _calibration_beats(source: Path, records: str | None, count: int,
 @click.option("--io", "io", type=click.Choice(["float32", "int8"]), default="float32",
               show_default=True, help="With --int8: float32 inputs/outputs around the int8 "
               "body, or int8 inputs/outputs.")
+@click.option("--groupnorm", type=click.Choice(["float", "int8"]), default="float",
+              show_default=True, help="With --int8: GroupNorm in float32 between int8 layers, "
+              "or int8 too (full-integer, less accurate; see docs/wearable.md).")
 @click.option("--fixed-batch", is_flag=True, help="A fixed batch of 1 (the wearable case).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: Path, int8: bool,
                           calibration: Path | None, calibration_records: str | None,
-                          calibration_beats: int, io: str, fixed_batch: bool, seed: int,
-                          as_json: bool) -> None:
+                          calibration_beats: int, io: str, groupnorm: str, fixed_batch: bool,
+                          seed: int, as_json: bool) -> None:
     """Write a model's parameters as a TFLite file for wearable-class devices.
 
-    float32 by default; with --int8 a full-integer int8 model (per-channel int8 conv weights,
-    int8 activations from calibration ranges, int32 biases), calibrated on training beats.
+    float32 by default; with --int8 an int8 model (per-channel int8 conv weights, int8
+    activations from calibration ranges, int32 biases), calibrated on training beats.
     """
     from fedbeat.models.manifest import load_model_dir
     from fedbeat.models.params import ParamError, Params
@@ -239,8 +242,8 @@ def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: P
     if int8 != (calibration is not None):
         raise UsageError("--int8 needs --calibration (representative training beats), and "
                          "--calibration is only for --int8")
-    if io != "float32" and not int8:
-        raise UsageError("--io int8 goes with --int8")
+    if (io != "float32" or groupnorm != "float") and not int8:
+        raise UsageError("--io and --groupnorm go with --int8")
     loaded = load_model_dir(model_dir)
     try:
         params = (loaded.initial_params() if params_path is None
@@ -256,8 +259,9 @@ def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: P
         windows, rr, where = _calibration_beats(calibration, calibration_records,
                                                 calibration_beats, seed)
         write_tflite_int8(arch, params, out_path, windows, rr, dynamic_batch=not fixed_batch,
-                          io=io)
-        result.update(calibration=where, calibration_beats=int(windows.shape[0]))
+                          io=io, groupnorm=groupnorm)
+        result.update(calibration=where, calibration_beats=int(windows.shape[0]),
+                      groupnorm=groupnorm)
     else:
         write_tflite(arch, params, out_path, dynamic_batch=not fixed_batch)
     result["bytes"] = out_path.stat().st_size

@@ -39,29 +39,33 @@ CALIBRATION_BEATS = 400
 
 
 @cache
-def quantized(arch_name: str, io: str = "float32", dynamic_batch: bool = True) -> bytes:
+def quantized(arch_name: str, io: str = "float32", dynamic_batch: bool = True,
+              groupnorm: str = "float") -> bytes:
     c = case(arch_name, 0)
     window, rr = inputs(CALIBRATION_BEATS, 1000)
-    return export_tflite_int8(c.arch, c.params, window, rr, io=io, dynamic_batch=dynamic_batch)
+    return export_tflite_int8(c.arch, c.params, window, rr, io=io, dynamic_batch=dynamic_batch,
+                              groupnorm=groupnorm)
 
 
-def agreement(arch_name: str, io: str) -> tuple[float, float]:
+def agreement(arch_name: str, io: str, groupnorm: str = "float") -> tuple[float, float]:
     """(top-1 agreement, max |prob difference|) with the float32 export on held-out inputs."""
     c = case(arch_name, 0)
     window, rr = inputs(300, 2000)
     reference, model = TFLiteModel(export_tflite(c.arch, c.params)), TFLiteModel(
-        quantized(arch_name, io))
+        quantized(arch_name, io, groupnorm=groupnorm))
     top1 = (model.predict_logits(window, rr).argmax(1)      # int8 probs (1/256 steps) tie
             == reference.predict_logits(window, rr).argmax(1))
     diff = np.abs(model.predict(window, rr) - reference.predict(window, rr))
     return float(np.mean(top1)), float(np.max(diff))
 
 
+@pytest.mark.parametrize("groupnorm", ["float", "int8"])
 @pytest.mark.parametrize("io", ["float32", "int8"])
 @pytest.mark.parametrize("arch_name", list(ARCHITECTURES))
-def test_int8_agrees_with_float32_on_held_out_inputs(arch_name: str, io: str) -> None:
+def test_int8_agrees_with_float32_on_held_out_inputs(arch_name: str, io: str,
+                                                     groupnorm: str) -> None:
     """Random weights give near-uniform probabilities, the hardest case for top-1 agreement."""
-    agree, max_diff = agreement(arch_name, io)
+    agree, max_diff = agreement(arch_name, io, groupnorm)
     assert agree >= 0.9, f"top-1 agreement {agree:.3f}"
     assert max_diff <= 0.02 if io == "float32" else max_diff <= 0.03, f"max |dp| {max_diff:.3g}"
 
@@ -109,22 +113,31 @@ def op_names(data: bytes) -> list[str]:
             for i in range(graph.OperatorsLength())]
 
 
+@pytest.mark.parametrize("groupnorm", ["float", "int8"])
 @pytest.mark.parametrize("arch_name", ["ecg-cnn-s", "ecg-cnn-m"])
-def test_file_follows_the_int8_scheme(arch_name: str) -> None:
-    data = quantized(arch_name)
+def test_file_follows_the_int8_scheme(arch_name: str, groupnorm: str) -> None:
+    data = quantized(arch_name, groupnorm=groupnorm)
     graph, model = tensors_of(data)
     assert b"int8" in model.Description()
     ops = op_names(data)
     assert ops[:2] == ["QUANTIZE", "QUANTIZE"]
     assert ops[-2:] == ["DEQUANTIZE", "SOFTMAX"]
+    arch = create_architecture(arch_name)
+    norms = [n.name for n in arch.nodes if type(n.layer).__name__ == "GroupNorm"]
+    islands = len(norms) if groupnorm == "float" else 0
+    assert ops.count("QUANTIZE") == 2 + islands
+    assert ops.count("DEQUANTIZE") == 1 + islands
     tensors = [graph.Tensors(i) for i in range(graph.TensorsLength())]
     by_name = {t.Name().decode(): t for t in tensors}
     for name in ("window", "rr", "logits", "probs"):
         assert by_name[name].Type() == tflite.TensorType.FLOAT32, name
-    arch = create_architecture(arch_name)
     float_tensors = {"window", "rr", "logits", "probs"}
     for t in tensors:
         name = t.Name().decode()
+        if groupnorm == "float" and any(name.startswith(n) and not name.endswith("/int8")
+                                        for n in norms):
+            assert t.Type() != tflite.TensorType.INT8, name       # float32, or int32 shapes
+            continue
         q = t.Quantization()
         if t.Type() == tflite.TensorType.INT8:
             assert q is not None, name
@@ -215,6 +228,8 @@ def test_bad_calibration_beats_are_refused() -> None:
         export_tflite_int8(c.arch, c.params, window, rr)
     with pytest.raises(ValueError, match="io"):
         export_tflite_int8(c.arch, c.params, *inputs(3, 0), io="int4")
+    with pytest.raises(ValueError, match="groupnorm"):
+        export_tflite_int8(c.arch, c.params, *inputs(3, 0), groupnorm="int16")
     with pytest.raises(CalibrationError, match="coverage"):
         export_tflite_int8(c.arch, c.params, *inputs(3, 0), coverage=0.2)
 
