@@ -218,13 +218,17 @@ def _calibration_beats(source: Path, records: str | None, count: int,
 @click.option("--groupnorm", type=click.Choice(["float", "int8"]), default="float",
               show_default=True, help="With --int8: GroupNorm in float32 between int8 layers, "
               "or int8 too (full-integer, less accurate; see docs/wearable.md).")
+@click.option("--coverage", type=click.FloatRange(0.5, 1.0, min_open=True), default=None,
+              help="With --int8: share of each activation's calibration values its int8 range "
+              "covers (default: 1.0 with --groupnorm float, 0.999 with int8).")
 @click.option("--fixed-batch", is_flag=True, help="A fixed batch of 1 (the wearable case).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: Path, int8: bool,
                           calibration: Path | None, calibration_records: str | None,
-                          calibration_beats: int, io: str, groupnorm: str, fixed_batch: bool,
-                          seed: int, as_json: bool) -> None:
+                          calibration_beats: int, io: str, groupnorm: str,
+                          coverage: float | None, fixed_batch: bool, seed: int,
+                          as_json: bool) -> None:
     """Write a model's parameters as a TFLite file for wearable-class devices.
 
     float32 by default; with --int8 an int8 model (per-channel int8 conv weights, int8
@@ -242,8 +246,8 @@ def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: P
     if int8 != (calibration is not None):
         raise UsageError("--int8 needs --calibration (representative training beats), and "
                          "--calibration is only for --int8")
-    if (io != "float32" or groupnorm != "float") and not int8:
-        raise UsageError("--io and --groupnorm go with --int8")
+    if (io != "float32" or groupnorm != "float" or coverage is not None) and not int8:
+        raise UsageError("--io, --groupnorm and --coverage go with --int8")
     loaded = load_model_dir(model_dir)
     try:
         params = (loaded.initial_params() if params_path is None
@@ -259,7 +263,7 @@ def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: P
         windows, rr, where = _calibration_beats(calibration, calibration_records,
                                                 calibration_beats, seed)
         write_tflite_int8(arch, params, out_path, windows, rr, dynamic_batch=not fixed_batch,
-                          io=io, groupnorm=groupnorm)
+                          io=io, groupnorm=groupnorm, coverage=coverage)
         result.update(calibration=where, calibration_beats=int(windows.shape[0]),
                       groupnorm=groupnorm)
     else:
