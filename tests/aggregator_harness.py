@@ -45,6 +45,16 @@ def write_config(path: Path, *, keys: Path, broker: str, model_dir: Path, state_
     return path
 
 
+_STARTED: list[AggregatorProcess] = []
+
+
+def stop_all_aggregators() -> None:
+    """Stop every aggregator a test started: one left running after a failed assertion would
+    share the client id ``aggregator`` with the next test's and take its session over."""
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
 @dataclass
 class AggregatorProcess:
     """``fedbeat aggregator run`` as a child process, its log kept for failures."""
@@ -63,6 +73,7 @@ class AggregatorProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "fedbeat", "aggregator", "run", "--config",
                  str(self.config)], stdout=out, stderr=out, env=env)
+        _STARTED.append(self)
         return self
 
     def wait(self, timeout_s: float = TIMEOUT_S) -> int:
@@ -170,5 +181,5 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S,
         time.sleep(0.05)
 
 
-__all__ = ["AGGREGATOR_ID", "AggregatorProcess", "Device", "scripted_delta", "wait_until",
-           "write_config"]
+__all__ = ["AGGREGATOR_ID", "AggregatorProcess", "Device", "scripted_delta",
+           "stop_all_aggregators", "wait_until", "write_config"]

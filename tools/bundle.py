@@ -264,15 +264,16 @@ _SKIP_IN_COPY = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "_
                                        ".*_cache", ".venv", "runs", "tests", "*.onnx", "*.tflite")
 
 
-def build_fedbeat_wheel(out_dir: Path) -> Path:
-    """Build fedbeat's wheel from the source checkout (in a copy, so the checkout is untouched).
+def build_fedbeat_wheel(out_dir: Path, source: Path | None = None) -> Path:
+    """Build fedbeat's wheel from ``source`` or, by default, the checkout fedbeat runs from (in
+    a copy, so the checkout is untouched).
 
     Raises
     ------
     BundleError
         If fedbeat does not run from a checkout or the build fails.
     """
-    root = source_tree()
+    root = source or source_tree()
     if root is None:
         raise BundleError("fedbeat is not running from a source checkout; pass the fedbeat "
                           "wheel to bundle with --wheel")

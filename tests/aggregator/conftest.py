@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aggregator_harness import stop_all_aggregators
 from mqtt_testing import MOSQUITTO_MISSING, build_fleet
 
 from fedbeat.broker.launch import free_port
@@ -29,3 +30,9 @@ def mosquitto(fleet_keys: Path, tmp_path_factory: pytest.TempPathFactory
     with MosquittoBroker(config) as broker:
         yield broker
 
+
+
+@pytest.fixture(autouse=True)
+def _no_aggregator_outlives_its_test() -> Iterator[None]:
+    yield
+    stop_all_aggregators()

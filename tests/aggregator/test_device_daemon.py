@@ -100,10 +100,9 @@ def test_local_dp_spends_budget_and_stops_at_it(
     config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
                           broker=mosquitto.tls_url, model_dir=model_dir, state_dir=state,
                           rounds__rounds=2, rounds__min_participants=2,
-                          rounds__target_participants=2, rounds__deadline_s=4.0,
+                          rounds__target_participants=2, rounds__deadline_s=20.0,
                           rounds__max_extensions=0, rounds__dp_mode="update",
                           rounds__noise_multiplier=5.0, rounds__clip_norm=1.0)
-    aggregator = AggregatorProcess(config, tmp_path / "aggregator.log").start()
     processes = []
     for i in (3, 4):
         path = device_config(tmp_path, fleet_keys, f"dev-{i}", mosquitto.tls_url, model_dir, i)
@@ -113,6 +112,8 @@ def test_local_dp_spends_budget_and_stops_at_it(
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "fedbeat", "device", "run", "--config", str(path)],
             stdout=log, stderr=log))
+    # Devices first: round 2 is meant to time out, round 1 must not.
+    aggregator = AggregatorProcess(config, tmp_path / "aggregator.log").start()
     try:
         assert aggregator.wait(240) == 0, aggregator.output()
     finally:
