@@ -11,12 +11,12 @@ kernels, e.g. TFLite Micro on a microcontroller-class wearable, run):
 - operators that move values without arithmetic (reshape, transpose, pad, pooling,
   concatenation) keep one scale and zero point between their inputs and output, as the int8
   kernels require: their tensors share the union of their calibrated ranges;
-- GroupNorm: with ``groupnorm="int8"`` its statistics run in int8 too (MEAN, SUB, MUL,
-  RSQRT on calibrated ranges) and the file is full-integer; with ``groupnorm="float"`` (the
-  default) each GroupNorm runs in float32 between a DEQUANTIZE and a QUANTIZE, because int8
-  squares cannot resolve groups whose variances span two orders of magnitude, which was the
-  main accuracy cost measured on MIT-BIH (``docs/wearable.md``). Convolutions, fully
-  connected layers, pooling, activations and all weights stay int8 either way.
+- GroupNorm: int8 squares cannot resolve groups whose variances span two orders of magnitude,
+  which was the main accuracy cost measured on MIT-BIH (``docs/wearable.md``). So by default
+  (``groupnorm="int16"``) each GroupNorm runs on symmetric int16 tensors (TFLite's 16x8
+  kernels) between a QUANTIZE from int8 and a QUANTIZE back, and the file stays
+  integer-only; ``"float"`` runs it in float32 instead, ``"int8"`` like everything else.
+  Convolutions, fully connected layers, pooling, activations and all weights are int8.
 
 Edges: with ``io="float32"`` (the default, what the device runner wants) the file keeps float
 ``window``/``rr`` inputs and ``logits``/``probs`` outputs: a QUANTIZE op after each input, a
@@ -46,6 +46,7 @@ from fedbeat.models.tflite_export import (
     _build_graph,
     _Graph,
     _Op,
+    _Options,
     _Quant,
     _serialise,
     _Tensor,
@@ -55,8 +56,8 @@ from fedbeat.models.zoo import Architecture
 IO_TYPES = ("float32", "int8")
 DEFAULT_CALIBRATION_BEATS = 2000
 """How many representative beats :func:`representative_beats` picks by default."""
-GROUPNORM_MODES = ("float", "int8")
-DEFAULT_COVERAGE = {"float": 1.0, "int8": 0.999}
+GROUPNORM_MODES = ("float", "int16", "int8")
+DEFAULT_COVERAGE = {"float": 1.0, "int16": 1.0, "int8": 0.999}
 """Share of a tensor's calibration values its int8 range covers (the rest saturate), by
 GroupNorm mode; chosen on held-out DS1 beats (``docs/wearable.md``)."""
 _SAMPLES_PER_BATCH = 16384
@@ -99,7 +100,7 @@ def representative_beats(windows: np.ndarray, rr: np.ndarray, *,
 
 def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, rr: np.ndarray,
                        *, dynamic_batch: bool = True, io: str = "float32",
-                       groupnorm: str = "float", coverage: float | None = None,
+                       groupnorm: str = "int16", coverage: float | None = None,
                        batch_size: int = 256) -> bytes:
     """Quantize the inference graph of ``arch`` to int8 and serialise it.
 
@@ -116,8 +117,10 @@ def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, 
         "float32": float inputs and outputs around an int8 body (QUANTIZE/DEQUANTIZE at the
         edges); "int8": int8 inputs and outputs (the caller quantizes).
     groupnorm
-        "float": GroupNorm runs in float32 between a DEQUANTIZE and a QUANTIZE (its int8
-        statistics are the main error, see ``docs/wearable.md``); "int8": full-integer.
+        How GroupNorm runs: "int16" (symmetric int16 statistics between QUANTIZE ops, the
+        file stays integer-only), "float" (float32 between a DEQUANTIZE and a QUANTIZE) or
+        "int8" (int8 like the rest; its statistics are then the main error, see
+        ``docs/wearable.md``).
     coverage
         Share of each activation's calibration values its range covers (see
         :func:`calibrate`); by default :data:`DEFAULT_COVERAGE` for the GroupNorm mode.
@@ -140,12 +143,14 @@ def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, 
     g, inputs, outputs = _build_graph(arch, params, dynamic_batch=dynamic_batch)
     coverage = DEFAULT_COVERAGE[groupnorm] if coverage is None else coverage
     ranges = calibrate(g, inputs, outputs, windows, rr, coverage=coverage, batch_size=batch_size)
-    float_nodes = [n.name for n in arch.nodes
-                   if groupnorm == "float" and isinstance(n.layer, layers.GroupNorm)]
-    inputs, outputs = _quantize(g, inputs, outputs, ranges, io=io, float_nodes=float_nodes)
+    norms = [n.name for n in arch.nodes if isinstance(n.layer, layers.GroupNorm)]
+    inputs, outputs = _quantize(g, inputs, outputs, ranges, io=io,
+                                island_nodes=norms if groupnorm != "int8" else (),
+                                island=groupnorm)
     batch = "dynamic batch" if dynamic_batch else "batch 1"
     edges = "float32 input/output" if io == "float32" else "int8 input/output"
-    body = "int8 full-integer" if groupnorm == "int8" else "int8 with float32 GroupNorm"
+    body = {"int8": "int8 full-integer", "int16": "int8 with int16 GroupNorm, integer-only",
+            "float": "int8 with float32 GroupNorm"}[groupnorm]
     description = (f"fedbeat {arch.name} inference, {body} ({edges}), {batch}; "
                    f"calibrated on {windows.shape[0]} beats; inputs window "
                    f"[N,1,{arch.window_samples}] and rr [N,{arch.rr_features}], outputs logits "
@@ -155,7 +160,7 @@ def export_tflite_int8(arch: Architecture, params: Params, windows: np.ndarray, 
 
 def write_tflite_int8(arch: Architecture, params: Params, path: Path | str, windows: np.ndarray,
                       rr: np.ndarray, *, dynamic_batch: bool = True, io: str = "float32",
-                      groupnorm: str = "float", coverage: float | None = None) -> Path:
+                      groupnorm: str = "int16", coverage: float | None = None) -> Path:
     """Export with :func:`export_tflite_int8` and write the file; returns its path."""
     target = Path(path)
     target.write_bytes(export_tflite_int8(arch, params, windows, rr, dynamic_batch=dynamic_batch,
@@ -309,10 +314,11 @@ def _repoint(g: _Graph, old: int, new: int) -> None:
                     op.options) for op in g.ops]
 
 
-def _float_island(g: _Graph, node: str, ranges: Ranges) -> set[int]:
-    """Keep GroupNorm ``node`` in float32: DEQUANTIZE its input, QUANTIZE its output.
+def _island(g: _Graph, node: str, ranges: Ranges, *, int16: bool) -> set[int]:
+    """Cut GroupNorm ``node`` out of the int8 graph: its input goes through a DEQUANTIZE
+    (float32 island) or a QUANTIZE to int16, its output through a QUANTIZE back to int8.
 
-    Returns the island's tensors (activations and constants), which stay float32.
+    Returns the island's tensors (activations and constants), which the int8 pass skips.
     """
     names = {i: t.name for i, t in enumerate(g.tensors)}
     island = {i for i, name in names.items()
@@ -321,11 +327,12 @@ def _float_island(g: _Graph, node: str, ranges: Ranges) -> set[int]:
     first = next(k for k, op in enumerate(g.ops) if op.outputs[0] in island)
     source = g.ops[first].inputs[0]
     entry = len(g.tensors)
-    g.tensors.append(_Tensor(f"{node}/float_input", g.tensors[source].shape,
-                             tflite.TensorType.FLOAT32, batched=True))
+    g.tensors.append(_Tensor(f"{node}/{'int16' if int16 else 'float'}_input",
+                             g.tensors[source].shape, tflite.TensorType.FLOAT32, batched=True))
+    ranges[entry] = ranges[source]
     op = g.ops[first]
     g.ops[first] = _Op(op.opcode, (entry, *op.inputs[1:]), op.outputs, op.options)
-    _add_op(g, "DEQUANTIZE", [source], [entry], first)
+    _add_op(g, "QUANTIZE" if int16 else "DEQUANTIZE", [source], [entry], first)
     exit_ = len(g.tensors)
     g.tensors.append(_Tensor(f"{node}/int8", g.tensors[output].shape,
                              tflite.TensorType.FLOAT32, batched=True))
@@ -336,11 +343,47 @@ def _float_island(g: _Graph, node: str, ranges: Ranges) -> set[int]:
     return island | {entry}
 
 
+def _quantize_int16(g: _Graph, codes: dict[int, str], island: set[int],
+                    ranges: Ranges) -> None:
+    """Symmetric int16 for the islands' activations and constants (TFLite's 16x8 scheme:
+    zero point 0); ADD and SUB get ``PotScaleInt16=False`` for general int16 scales."""
+    classes = _Classes()
+    for op in g.ops:
+        if codes[op.opcode] in _SAME_PARAMS and op.outputs[0] in island:
+            classes.union(op.inputs[0], op.outputs[0])
+    amax: dict[int, float] = {}
+    for i in island & set(ranges):
+        root = classes.find(i)
+        amax[root] = max(amax.get(root, 0.0), abs(ranges[i][0]), abs(ranges[i][1]))
+    for i in island & set(ranges):
+        g.tensors[i].dtype = tflite.TensorType.INT16
+        g.tensors[i].quant = _symmetric16(amax[classes.find(i)])
+    for k, op in enumerate(g.ops):
+        if op.outputs[0] not in island:
+            continue
+        for x in op.inputs:
+            t = g.tensors[x]
+            if t.buffer != 0 and t.dtype == tflite.TensorType.FLOAT32:
+                value = _const_value(g, x)
+                quant = _symmetric16(float(np.abs(value).max()))
+                _set_const(g, x, _quantize_array(value, quant, np.int16),
+                           tflite.TensorType.INT16, quant)
+        if codes[op.opcode] in ("ADD", "SUB") and op.options is not None:
+            options = _Options(op.options.kind, (*op.options.fields, ("PotScaleInt16", False)))
+            g.ops[k] = _Op(op.opcode, op.inputs, op.outputs, options)
+
+
+def _symmetric16(amax: float) -> _Quant:
+    return _Quant((float(np.float32(max(amax, 1e-12) / 32767.0)),), (0,))
+
+
 def _quantize(g: _Graph, inputs: list[int], outputs: list[int], ranges: Ranges, *,
-              io: str, float_nodes: Sequence[str] = ()) -> tuple[list[int], list[int]]:
+              io: str, island_nodes: Sequence[str] = (),
+              island: str = "float") -> tuple[list[int], list[int]]:
     """Rewrite float graph ``g`` in place as int8; returns its new input and output tensors.
 
-    ``float_nodes`` (GroupNorm nodes) stay float32 between a DEQUANTIZE and a QUANTIZE.
+    ``island_nodes`` (GroupNorm nodes) run in float32 (``island="float"``) or int16, between
+    a DEQUANTIZE or QUANTIZE and a QUANTIZE back to int8.
     """
     logits, probs = outputs
     softmax = g.ops[-1]
@@ -349,8 +392,8 @@ def _quantize(g: _Graph, inputs: list[int], outputs: list[int], ranges: Ranges, 
     ranges = dict(ranges)
     new_inputs = list(inputs)
     kept_float: set[int] = set()
-    for node in float_nodes:
-        kept_float |= _float_island(g, node, ranges)
+    for node in island_nodes:
+        kept_float |= _island(g, node, ranges, int16=island == "int16")
     if io == "float32":
         for k, x in enumerate(inputs):                      # float input -> QUANTIZE -> int8
             t = g.tensors[x]
@@ -393,6 +436,8 @@ def _quantize(g: _Graph, inputs: list[int], outputs: list[int], ranges: Ranges, 
             g.tensors[i].quant = _affine(*bounds[classes.find(i)])
     if io == "int8":                                         # TFLite's int8 softmax output
         g.tensors[probs].quant = _Quant((1.0 / 256.0,), (-128,))
+    if island == "int16":
+        _quantize_int16(g, codes, kept_float, ranges)
 
     for op in g.ops:
         code = codes[op.opcode]

@@ -215,12 +215,12 @@ def _calibration_beats(source: Path, records: str | None, count: int,
 @click.option("--io", "io", type=click.Choice(["float32", "int8"]), default="float32",
               show_default=True, help="With --int8: float32 inputs/outputs around the int8 "
               "body, or int8 inputs/outputs.")
-@click.option("--groupnorm", type=click.Choice(["float", "int8"]), default="float",
-              show_default=True, help="With --int8: GroupNorm in float32 between int8 layers, "
-              "or int8 too (full-integer, less accurate; see docs/wearable.md).")
+@click.option("--groupnorm", type=click.Choice(["int16", "float", "int8"]), default="int16",
+              show_default=True, help="With --int8: GroupNorm statistics in int16 (integer-only), "
+              "float32, or int8 like the rest (less accurate; see docs/wearable.md).")
 @click.option("--coverage", type=click.FloatRange(0.5, 1.0, min_open=True), default=None,
               help="With --int8: share of each activation's calibration values its int8 range "
-              "covers (default: 1.0 with --groupnorm float, 0.999 with int8).")
+              "covers (default: 1.0, or 0.999 with --groupnorm int8).")
 @click.option("--fixed-batch", is_flag=True, help="A fixed batch of 1 (the wearable case).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -246,7 +246,7 @@ def export_tflite_command(model_dir: Path, params_path: Path | None, out_path: P
     if int8 != (calibration is not None):
         raise UsageError("--int8 needs --calibration (representative training beats), and "
                          "--calibration is only for --int8")
-    if (io != "float32" or groupnorm != "float" or coverage is not None) and not int8:
+    if (io != "float32" or groupnorm != "int16" or coverage is not None) and not int8:
         raise UsageError("--io, --groupnorm and --coverage go with --int8")
     loaded = load_model_dir(model_dir)
     try:

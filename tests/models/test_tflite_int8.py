@@ -40,14 +40,14 @@ CALIBRATION_BEATS = 400
 
 @cache
 def quantized(arch_name: str, io: str = "float32", dynamic_batch: bool = True,
-              groupnorm: str = "float") -> bytes:
+              groupnorm: str = "int16") -> bytes:
     c = case(arch_name, 0)
     window, rr = inputs(CALIBRATION_BEATS, 1000)
     return export_tflite_int8(c.arch, c.params, window, rr, io=io, dynamic_batch=dynamic_batch,
                               groupnorm=groupnorm)
 
 
-def agreement(arch_name: str, io: str, groupnorm: str = "float") -> tuple[float, float]:
+def agreement(arch_name: str, io: str, groupnorm: str = "int16") -> tuple[float, float]:
     """(top-1 agreement, max |prob difference|) with the float32 export on held-out inputs."""
     c = case(arch_name, 0)
     window, rr = inputs(300, 2000)
@@ -59,7 +59,7 @@ def agreement(arch_name: str, io: str, groupnorm: str = "float") -> tuple[float,
     return float(np.mean(top1)), float(np.max(diff))
 
 
-@pytest.mark.parametrize("groupnorm", ["float", "int8"])
+@pytest.mark.parametrize("groupnorm", ["int16", "float", "int8"])
 @pytest.mark.parametrize("io", ["float32", "int8"])
 @pytest.mark.parametrize("arch_name", list(ARCHITECTURES))
 def test_int8_agrees_with_float32_on_held_out_inputs(arch_name: str, io: str,
@@ -113,7 +113,7 @@ def op_names(data: bytes) -> list[str]:
             for i in range(graph.OperatorsLength())]
 
 
-@pytest.mark.parametrize("groupnorm", ["float", "int8"])
+@pytest.mark.parametrize("groupnorm", ["int16", "float", "int8"])
 @pytest.mark.parametrize("arch_name", ["ecg-cnn-s", "ecg-cnn-m"])
 def test_file_follows_the_int8_scheme(arch_name: str, groupnorm: str) -> None:
     data = quantized(arch_name, groupnorm=groupnorm)
@@ -124,9 +124,9 @@ def test_file_follows_the_int8_scheme(arch_name: str, groupnorm: str) -> None:
     assert ops[-2:] == ["DEQUANTIZE", "SOFTMAX"]
     arch = create_architecture(arch_name)
     norms = [n.name for n in arch.nodes if type(n.layer).__name__ == "GroupNorm"]
-    islands = len(norms) if groupnorm == "float" else 0
-    assert ops.count("QUANTIZE") == 2 + islands
-    assert ops.count("DEQUANTIZE") == 1 + islands
+    islands = len(norms) if groupnorm != "int8" else 0
+    assert ops.count("QUANTIZE") == 2 + (2 if groupnorm == "int16" else 1) * islands
+    assert ops.count("DEQUANTIZE") == 1 + (islands if groupnorm == "float" else 0)
     tensors = [graph.Tensors(i) for i in range(graph.TensorsLength())]
     by_name = {t.Name().decode(): t for t in tensors}
     for name in ("window", "rr", "logits", "probs"):
@@ -134,9 +134,13 @@ def test_file_follows_the_int8_scheme(arch_name: str, groupnorm: str) -> None:
     float_tensors = {"window", "rr", "logits", "probs"}
     for t in tensors:
         name = t.Name().decode()
-        if groupnorm == "float" and any(name.startswith(n) and not name.endswith("/int8")
-                                        for n in norms):
-            assert t.Type() != tflite.TensorType.INT8, name       # float32, or int32 shapes
+        if groupnorm != "int8" and any(name.startswith(n) and not name.endswith("/int8")
+                                       for n in norms):
+            island_type = (tflite.TensorType.INT16 if groupnorm == "int16"
+                           else tflite.TensorType.FLOAT32)
+            assert t.Type() in (island_type, tflite.TensorType.INT32), name   # int32: shapes
+            if t.Type() == tflite.TensorType.INT16:
+                assert t.Quantization().ZeroPointAsNumpy().tolist() == [0], name
             continue
         q = t.Quantization()
         if t.Type() == tflite.TensorType.INT8:
@@ -166,6 +170,26 @@ def test_file_follows_the_int8_scheme(arch_name: str, groupnorm: str) -> None:
     assert codes[tflite.BuiltinOperator.CONV_2D] == 3
     assert codes[tflite.BuiltinOperator.FULLY_CONNECTED] == 4
     assert len(data) < 0.8 * len(export_tflite(arch, case(arch_name, 0).params))
+
+
+def test_int16_islands_use_general_int16_add_and_sub() -> None:
+    """``PotScaleInt16=False``: TFLite's default assumes power-of-two int16 scales."""
+    data = quantized("ecg-cnn-s")
+    graph, model = tensors_of(data)
+    found = 0
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()
+        output = graph.Tensors(op.Outputs(0))
+        if code in (tflite.BuiltinOperator.ADD, tflite.BuiltinOperator.SUB) \
+                and output.Type() == tflite.TensorType.INT16:
+            table = op.BuiltinOptions()
+            options = (tflite.AddOptions() if code == tflite.BuiltinOperator.ADD
+                       else tflite.SubOptions())
+            options.Init(table.Bytes, table.Pos)
+            assert options.PotScaleInt16() is False
+            found += 1
+    assert found == 3 * 3          # per GroupNorm: SUB (centring), ADD (epsilon), ADD (bias)
 
 
 def test_bias_scale_is_input_scale_times_weight_scale() -> None:
@@ -229,7 +253,7 @@ def test_bad_calibration_beats_are_refused() -> None:
     with pytest.raises(ValueError, match="io"):
         export_tflite_int8(c.arch, c.params, *inputs(3, 0), io="int4")
     with pytest.raises(ValueError, match="groupnorm"):
-        export_tflite_int8(c.arch, c.params, *inputs(3, 0), groupnorm="int16")
+        export_tflite_int8(c.arch, c.params, *inputs(3, 0), groupnorm="int4")
     with pytest.raises(CalibrationError, match="coverage"):
         export_tflite_int8(c.arch, c.params, *inputs(3, 0), coverage=0.2)
 
