@@ -152,6 +152,9 @@ class ClientOptions:
     mqtt5_probe_timeout_s: float = 3.0
     publish_timeout_s: float = 60.0
     chunk_limit: int = DEFAULT_CHUNK_LIMIT
+    # Start without the broker's stored session (no queued messages, no old subscriptions):
+    # for short-lived tools and tests. Devices and the aggregator keep their sessions.
+    clean_start: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in ("auto", "5", "3.1.1"):
@@ -202,7 +205,7 @@ class MqttClient:
         v5 = protocol == MQTTProtocolVersion.MQTTv5
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
-            clean_session=None if v5 else False,
+            clean_session=None if v5 else self.options.clean_start,
             transport="websockets" if self.url.websocket else "tcp", manual_ack=self.manual_ack)
         if self.url.websocket:
             client.ws_set_options(path=self.url.path)
@@ -220,13 +223,15 @@ class MqttClient:
         properties = None
         if v5:
             properties = _properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = self.options.session_expiry_s
+            properties.SessionExpiryInterval = (0 if self.options.clean_start
+                                                else self.options.session_expiry_s)
         self._connected.clear()
         self._answered.clear()
         self._connack = None
         try:
             client.connect(self.url.host, self.url.port, self.options.keepalive_s,
-                           clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                           clean_start=(self.options.clean_start if v5
+                                        else mqtt.MQTT_CLEAN_START_FIRST_ONLY),
                            properties=properties)
         except (OSError, ssl.SSLError) as exc:
             raise BrokerConnectionError(self._explain(exc)) from None

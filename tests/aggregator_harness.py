@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedbeat.aggregator.config import example_config
-from fedbeat.broker.client import MqttClient, TlsFiles
+from fedbeat.broker.client import ClientOptions, MqttClient, TlsFiles
 from fedbeat.broker.envelope import Header, MessageType
 from fedbeat.broker.identity import DeviceIdentity
 from fedbeat.broker.messages import Receiver, Update, open_plain, seal_update
@@ -123,7 +123,10 @@ class Device:
         self.receiver = Receiver(self.identity.fleet, lambda header: agg_key)
         self.lock = threading.Lock()
         tls = TlsFiles(self.identity.ca_cert, self.identity.client_cert, self.identity.client_key)
-        self.client = MqttClient(self.url, self.identity.device_id, tls=tls)
+        # A clean session: the broker is shared by a test module, and a persistent session
+        # would hand this device round announcements queued during earlier tests.
+        self.client = MqttClient(self.url, self.identity.device_id, tls=tls,
+                                 options=ClientOptions(clean_start=True))
         self.client.subscribe(self.topics.inbox(self.identity.device_id), self._on_inbox)
         self.client.subscribe(self.topics.round, self._on_round)
 

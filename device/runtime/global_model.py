@@ -66,9 +66,10 @@ class GlobalModel:
             log.error("model file %s is corrupt (%s); ignoring it", bin_path, exc)
             return None
 
-    def install(self, version: int, params: Params) -> bool:
-        """Make ``params`` current if ``version`` is newer; the old model becomes previous."""
-        if version <= self.version:
+    def install(self, version: int, params: Params, *, allow_older: bool = False) -> bool:
+        """Make ``params`` current if ``version`` is newer (or, with ``allow_older``, different);
+        the old model becomes previous."""
+        if version == self.version or (version < self.version and not allow_older):
             return False
         raw = params.to_flat().astype("<f4").tobytes()
         current_bin, current_meta = self.directory / "current.bin", self.directory / "current.json"

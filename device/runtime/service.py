@@ -32,7 +32,7 @@ from fedbeat.broker.envelope import Header, MessageType
 from fedbeat.broker.errors import Rejected
 from fedbeat.broker.identity import DeviceIdentity
 from fedbeat.broker.messages import Receiver, Update, open_plain, seal_update, sign_plain
-from fedbeat.broker.model_body import receive_model
+from fedbeat.broker.model_body import ReceivedModel, receive_model
 from fedbeat.broker.rounds import Announcement, participates
 from fedbeat.broker.topics import FleetTopics
 from fedbeat.device.config import DeviceConfig
@@ -108,6 +108,7 @@ class DeviceService:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.announcement: Announcement | None = None
         self.bad_versions: set[int] = set()
+        self.offered: dict[int, ReceivedModel] = {}      # verified models not (yet) installed
         self.rounds_trained = 0
         self.source_done = False
         self.client: MqttClient | None = None
@@ -204,21 +205,40 @@ class DeviceService:
 
     def _on_round(self, announcement: Announcement) -> None:
         self.announcement = announcement
+        wanted = self.offered.get(announcement.model_version)
+        if (wanted is not None and announcement.model_version != self.global_model.version
+                and wanted.params_sha256 == announcement.model_sha256):
+            # The signed, current announcement names an older model than ours (the aggregator
+            # was reset or rolled back): install it, since only the aggregator can sign both.
+            self._install(announcement.model_version, wanted, allow_older=True)
         if announcement.state != "open":
             self.outbox.expire_rounds_before(announcement.round + 1)
         log.info("round %d %s (model v%d)", announcement.round, announcement.state,
                  announcement.model_version)
 
-    def _on_model(self, version: int, received: Any) -> None:
-        if version <= self.global_model.version or version in self.bad_versions:
+    def _on_model(self, version: int, received: ReceivedModel) -> None:
+        if version in self.bad_versions:
             return
+        if version <= self.global_model.version:
+            # Kept in case a signed announcement asks for exactly this model (see _on_round);
+            # a replayed old model message alone never downgrades the device.
+            self.offered = {version: received}
+            a = self.announcement
+            if a is not None and a.model_version == version:
+                self._on_round(a)
+            return
+        self._install(version, received)
+
+    def _install(self, version: int, received: ReceivedModel, *,
+                 allow_older: bool = False) -> None:
         mismatched = received.mismatched_graphs(self.model_dir.manifest)
         if mismatched:
             log.error("model v%d was built for other graphs (%s); keeping v%d", version,
                       ", ".join(mismatched), self.global_model.version)
             self.bad_versions.add(version)
             return
-        self.global_model.install(version, received.params)
+        self.global_model.install(version, received.params, allow_older=allow_older)
+        self.offered.pop(version, None)
         if not self._smoke_test():
             self.bad_versions.add(version)
             self.global_model.roll_back()
