@@ -70,3 +70,27 @@ def test_bad_seed_or_rate_list_is_a_clear_error(tmp_path: Path, option: str, val
     result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path), option, value])
     assert result.exit_code == 1
     assert option in result.stderr
+
+
+@pytest.mark.parametrize(("field", "value"), [("weight_decay", -0.1), ("class_weight_cap", 0.5),
+                                              ("average_epochs", 0)])
+def test_bad_regularisation_settings_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        BaselineConfig(**{field: value})
+
+
+def test_train_command_passes_regularisation_and_averaging_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDBEAT_DATA", raising=False)
+    out = tmp_path / "baseline"
+    result = CliRunner().invoke(cli, ["train", "--model", "ecg-cnn-s", "--out", str(out),
+                                      "--seeds", "0", "--folds", "2", "--max-epochs", "3",
+                                      "--weight-decay", "0.0005", "--class-weight-cap", "5",
+                                      "--average-epochs", "2", "--report-split", "none",
+                                      "--json"], catch_exceptions=False)
+    assert result.exit_code == 0
+    seed = json.loads(result.stdout)["seeds"][0]
+    assert seed["config"]["weight_decay"] == 0.0005
+    assert seed["config"]["class_weight_cap"] == 5.0
+    assert seed["config"]["average_epochs"] == 2
+    assert all(len(curve) == 3 for curve in seed["fold_val_macro_f1_nsvf"])

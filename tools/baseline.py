@@ -33,6 +33,9 @@ class BaselineConfig:
     batch_size: int = 32
     learning_rates: tuple[float, ...] = (0.01,)
     momentum: float = 0.9
+    weight_decay: float = 0.0
+    class_weight_cap: float = 10.0
+    average_epochs: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -42,6 +45,12 @@ class BaselineConfig:
             raise ValueError("max_epochs must be at least 1")
         if not self.learning_rates or min(self.learning_rates) <= 0:
             raise ValueError("learning_rates needs at least one positive value")
+        if not self.weight_decay >= 0:
+            raise ValueError("weight_decay must be non-negative")
+        if not self.class_weight_cap >= 1:
+            raise ValueError("class_weight_cap must be at least 1")
+        if self.average_epochs < 1:
+            raise ValueError("average_epochs must be at least 1")
 
 
 @dataclass
@@ -95,24 +104,37 @@ def _train_epochs(model_dir: ModelDir, train: Sequence[RecordBeats],
                   validation: Sequence[RecordBeats] | None, config: BaselineConfig, lr: float,
                   epochs: int, stream: int,
                   on_epoch: EpochDone | None) -> tuple[Params, list[float]]:
-    """Train ``epochs`` epochs from this seed's initialisation; score validation after each."""
+    """Train ``epochs`` epochs from this seed's initialisation; score validation after each.
+
+    The model after epoch ``e`` is the average of the parameters at the ends of epochs
+    ``e - average_epochs + 1 .. e`` (tail weight averaging, in the spirit of Izmailov et al.
+    2018; GroupNorm keeps no running statistics, so averaged weights need no recalibration).
+    Training itself continues from the last epoch's own parameters.
+    """
     start = Params.initial(create_architecture(model_dir.manifest.model), seed=config.seed)
     trainer = Trainer(model_dir, params=start)
     beats, labels = _stack(train, trainer)
-    weights = balanced_class_weight(labels, len(model_dir.manifest.inputs.classes))
+    weights = balanced_class_weight(labels, len(model_dir.manifest.inputs.classes),
+                                    cap=config.class_weight_cap)
     val = _stack(validation, trainer) if validation else None
+    recent: list[np.ndarray] = []
     curve = []
     for epoch in range(epochs):
         trainer.fit(beats, TrainConfig(epochs=1, batch_size=config.batch_size, lr=lr,
-                                       momentum=config.momentum, class_weight=weights,
+                                       momentum=config.momentum,
+                                       weight_decay=config.weight_decay, class_weight=weights,
                                        seed=config.seed * 100_003 + stream * 1_009 + epoch))
+        recent = [*recent, trainer.params.to_flat()][-config.average_epochs:]
         if val is not None:
+            own = trainer.params
+            trainer.params = Params.from_flat(start.layout, np.mean(recent, axis=0))
             predicted = trainer.predict(val[0]).argmax(axis=1)
+            trainer.params = own
             score = AamiMetrics.from_labels(val[1], predicted).macro_f1_nsvf
             curve.append(0.0 if score is None else score)
         if on_epoch:
             on_epoch()
-    return trainer.params, curve
+    return Params.from_flat(start.layout, np.mean(recent, axis=0)), curve
 
 
 def run_baseline(model_dir: ModelDir, records: Sequence[RecordBeats], config: BaselineConfig,

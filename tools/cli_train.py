@@ -131,6 +131,14 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
 @click.option("--lr", "learning_rates", default="0.01", show_default=True,
               help="Learning rate, or comma-separated candidates that the cross-validation "
               "inside the training split chooses from (with the epoch count).")
+@click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="L2 weight decay of the SGD step (added to the gradient, as torch.optim.SGD).")
+@click.option("--class-weight-cap", default=10.0, show_default=True, type=click.FloatRange(1),
+              help="Cap on the inverse-frequency class weights, so a handful of rare beats "
+              "cannot dominate the loss.")
+@click.option("--average-epochs", default=1, show_default=True, type=click.IntRange(1),
+              help="Score and keep the average of the parameters at the ends of the last N "
+              "epochs (tail weight averaging); 1 keeps the last epoch's parameters.")
 @click.option("--report-split", default="ds2", show_default=True,
               type=click.Choice(["ds2", "none"]),
               help="Score every seed's final model here once selection is done.")
@@ -138,8 +146,9 @@ def _summary_table(summary: dict[str, Any], title: str) -> Table:
               help="Seeds trained in parallel processes (one core each).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def train(data_dir: Path | None, split: str, name: str, out_dir: Path, seeds: str, folds: int,
-          max_epochs: int, batch_size: int, learning_rates: str, report_split: str,
-          workers: int, as_json: bool) -> None:
+          max_epochs: int, batch_size: int, learning_rates: str, weight_decay: float,
+          class_weight_cap: float, average_epochs: int, report_split: str, workers: int,
+          as_json: bool) -> None:
     """Train the centralized baseline on DS1 and report it on DS2.
 
     For each seed: split DS1's patients into folds, train on all but one fold and score
@@ -158,7 +167,9 @@ def train(data_dir: Path | None, split: str, name: str, out_dir: Path, seeds: st
     model_path = out_dir / "model"
     build_model_dir(name, model_path, optimizers=("sgd",))
     configs = [BaselineConfig(folds=folds, max_epochs=max_epochs, batch_size=batch_size,
-                              learning_rates=rates, seed=s) for s in seed_list]
+                              learning_rates=rates, weight_decay=weight_decay,
+                              class_weight_cap=class_weight_cap, average_epochs=average_epochs,
+                              seed=s) for s in seed_list]
     reports = []
     with progress_bar("seeds", len(configs), enabled=not as_json) as advance, \
             ProcessPoolExecutor(max_workers=workers) as pool:
