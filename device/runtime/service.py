@@ -45,6 +45,7 @@ from fedbeat.device.runtime.outbox import Outbox
 from fedbeat.device.runtime.sources import (
     SerialSource,
     Source,
+    SourceError,
     SyntheticSource,
     csv_source,
     record_source,
@@ -77,6 +78,18 @@ def open_source(config: DeviceConfig) -> Source:
     return SyntheticSource(d.seed, speed=d.speed)
 
 
+def require_tflite() -> None:
+    """Wearables run TFLite; say how to get it instead of failing at the first beat."""
+    import importlib.util
+
+    missing = [m for m in ("tflite", "flatbuffers") if importlib.util.find_spec(m) is None]
+    runtime = any(importlib.util.find_spec(m) is not None
+                  for m in ("ai_edge_litert", "tflite_runtime"))
+    if missing or not runtime:
+        raise SourceError("device.tier = \"wearable\" needs the TFLite interpreter and writer: "
+                          "pip install 'fedbeat[tflite]'")
+
+
 class DeviceService:
     """One device; :meth:`start`, then :meth:`run` until stopped."""
 
@@ -107,6 +120,11 @@ class DeviceService:
         self.receiver = Receiver(self.identity.fleet, lambda header: aggregator_key)
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.announcement: Announcement | None = None
+        self.wearable = config.device.tier == "wearable"
+        if self.wearable:
+            require_tflite()
+        self._tflite_model: Any = None
+        self._tflite_version = -1
         self.bad_versions: set[int] = set()
         self.offered: dict[int, ReceivedModel] = {}      # verified models not (yet) installed
         self.rounds_trained = 0
@@ -172,8 +190,11 @@ class DeviceService:
 
     def _infer(self, beats: StreamBeats) -> None:
         """Run the current global model on new beats; log arrhythmic ones on the device."""
-        self.trainer.params = self.global_model.params
-        probs = self.trainer.predict(self.trainer.beats(beats.windows, beats.rr))
+        if self.wearable:
+            probs = self._tflite().predict(beats.windows[:, None, :], beats.rr)
+        else:
+            self.trainer.params = self.global_model.params
+            probs = self.trainer.predict(self.trainer.beats(beats.windows, beats.rr))
         classes = probs.argmax(axis=1)
         flagged = np.isin(classes, ARRHYTHMIC)
         self.store.log_events(classes[flagged], probs[flagged].max(axis=1),
@@ -246,6 +267,33 @@ class DeviceService:
                       self.global_model.version)
             return
         log.info("installed model v%d", version)
+
+    def _tflite(self) -> Any:
+        """The wearable's int8 TFLite model of the current parameters, quantised on the device
+        with its own stored beats as calibration data (they never leave it); rebuilt when the
+        global model changes."""
+        if self._tflite_version != self.global_model.version or self._tflite_model is None:
+            from fedbeat.device.tflite_model import TFLiteModel
+            from fedbeat.models.tflite_quant import export_tflite_int8, representative_beats
+            from fedbeat.models.zoo import create_architecture
+
+            windows, rr, _ = self.store.labelled(self.config.training.max_beats)
+            if len(windows) < 16:
+                windows, rr = self._calibration_fallback()
+            windows, rr = representative_beats(windows, rr, count=500)
+            data = export_tflite_int8(create_architecture(self.model_dir.manifest.model),
+                                      self.global_model.params, windows, rr)
+            self._tflite_model = TFLiteModel(data, threads=self.config.device.threads)
+            self._tflite_version = self.global_model.version
+            log.info("wearable: int8 TFLite of model v%d (%d bytes)", self._tflite_version,
+                     len(data))
+        return self._tflite_model
+
+    def _calibration_fallback(self) -> tuple[np.ndarray, np.ndarray]:
+        from fedbeat.device.ecg.synthetic import synthetic_patient
+
+        patient = synthetic_patient(0)          # only until the device has beats of its own
+        return patient.windows, patient.rr
 
     def _smoke_test(self) -> bool:
         windows, rr, _ = self.store.labelled(64)
@@ -338,11 +386,13 @@ class DeviceService:
             dp = DpSgdConfig(t.noise_multiplier, t.clip_norm, sample_rate=self._sample_rate(a))
         started = time.perf_counter()
         try:
-            result = self.trainer.fit(beats, config, dp=dp)
+            result = self.trainer.fit(beats, config, dp=dp, head_only=self.wearable)
         except TrainingDivergedError as exc:
             log.error("round %d: %s", a.round, exc)
             return
-        tensors = {name: np.asarray(result.update[name]) for name in self.layout.names}
+        # A wearable trains only the classifier head on frozen features and sends just those
+        # tensors (a partial update, merged per tensor by the aggregator).
+        tensors = {name: np.asarray(t) for name, t in result.update_tensors().items()}
         if t.dp_mode == "update":
             noised = clip_and_noise(tensors, clip_norm=t.clip_norm,
                                     noise_multiplier=t.noise_multiplier)
@@ -370,8 +420,9 @@ class DeviceService:
         topic = self.topics.update(self.me)
         self.outbox.add(header.nonce, a.round, topic, data)
         self.rounds_trained += 1
-        log.info("round %d: trained on %d beats in %.1f s (loss %.3f); update queued",
-                 a.round, len(labels), metrics["train_s"], metrics["loss"])
+        log.info("round %d: trained on %d beats in %.1f s (loss %.3f); update of %d of %d "
+                 "tensors queued", a.round, len(labels), metrics["train_s"], metrics["loss"],
+                 len(tensors), len(self.layout.names))
         self._resend()
 
     def _resend(self) -> None:

@@ -29,10 +29,11 @@ pytestmark = pytest.mark.slow
 
 
 def device_config(tmp: Path, keys: Path, device: str, url: str, model_dir: Path,
-                  seed: int) -> Path:
+                  seed: int, tier: str = "pi") -> Path:
     path = tmp / f"{device}.toml"
     path.write_text(example_device_config(**{
         "device.keys": str(keys / "devices" / device), "device.state_dir": str(tmp / device),
+        "device.tier": tier,
         "broker.url": url, "model.dir": str(model_dir), "data.source": "synthetic",
         "data.seed": seed, "data.speed": 0.0, "training.min_labelled_beats": 100,
         "service.retry_min_s": 1.0}))
@@ -50,8 +51,9 @@ def test_device_daemons_complete_rounds_with_the_aggregator(
                           rounds__target_participants=3)
     aggregator = AggregatorProcess(config, tmp_path / "aggregator.log").start()
     devices = []
-    for i in range(3):
-        path = device_config(tmp_path, fleet_keys, f"dev-{i}", mosquitto.tls_url, model_dir, i)
+    for i in range(3):      # dev-2 is a wearable: int8 TFLite inference, head-only training
+        path = device_config(tmp_path, fleet_keys, f"dev-{i}", mosquitto.tls_url, model_dir, i,
+                             tier="wearable" if i == 2 else "pi")
         log = (tmp_path / f"dev-{i}.log").open("wb")
         devices.append((subprocess.Popen(
             [sys.executable, "-m", "fedbeat", "device", "run", "--config", str(path),
@@ -70,6 +72,8 @@ def test_device_daemons_complete_rounds_with_the_aggregator(
     initial = load_model_dir(model_dir).initial_params().to_flat()
     assert not np.array_equal(versions[-1].params, initial)       # training moved the model
     assert np.all(np.isfinite(versions[-1].params))
+    layout = load_model_dir(model_dir).manifest.layout
+    head = load_model_dir(model_dir).manifest.extra["head"]["tensors"]
     for _, path in devices:
         cfg = load_device_config(path)
         outbox = Outbox(cfg.path(cfg.device.state_dir) / "outbox.sqlite", retry_min_s=1,
@@ -79,6 +83,12 @@ def test_device_daemons_complete_rounds_with_the_aggregator(
         log = (tmp_path / f"{cfg.path(cfg.device.keys).name}.log").read_text()
         assert "installed model v1" in log
         assert "SYNTHETIC" in log
+        sent = f"of {len(layout.names)} tensors queued"
+        if cfg.device.tier == "wearable":       # head only: a partial update
+            assert "wearable: int8 TFLite of model v" in log
+            assert f"update of {len(head)} {sent}" in log
+        else:
+            assert f"update of {len(layout.names)} {sent}" in log
 
 
 def test_device_config_errors_are_one_line(tmp_path: Path) -> None:
