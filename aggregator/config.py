@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedbeat.device.settings import ConfigError, example_text, load_sections, setting
+from fedbeat.device.settings import ConfigError, example_text, load_sections, require, setting
 
 __all__ = ["SECTIONS", "AggregatorConfig", "ConfigError", "example_config", "load_config"]
 
@@ -123,9 +123,7 @@ class AggregatorConfig:
              "service.log_level must be debug, info, warning or error"),
             (self.evaluation.split in ("ds1", "ds2"), "evaluation.split must be ds1 or ds2"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        require(checks)
 
 
 def load_config(path: Path) -> AggregatorConfig:

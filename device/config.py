@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedbeat.device.settings import ConfigError, example_text, load_sections, setting
+from fedbeat.device.settings import example_text, load_sections, require, setting
 
 SOURCES = ("record", "csv", "serial", "synthetic")
 
@@ -112,9 +112,7 @@ class DeviceConfig:
             (self.data.source not in ("csv", "serial") or bool(self.data.path),
              "data.path is required for csv and serial sources"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        require(checks)
 
 
 def load_device_config(path: Path) -> DeviceConfig:

@@ -21,6 +21,13 @@ class ConfigError(Exception):
     """A settings file is missing, not TOML, or has an unknown or invalid setting."""
 
 
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` with the message of the first failed ``(ok, message)``."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 def setting(default: Any, doc: str) -> Any:
     """A dataclass field with its default and the one line that explains it."""
     return dataclasses.field(default=default, metadata={"doc": doc})

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 from rich.table import Table
 
 from fedbeat.aggregator.config import AggregatorConfig, example_config, load_config
-from fedbeat.tools.logs import configure_logging
+from fedbeat.tools.logs import configure_logging, stop_on_signals, write_example_config
 from fedbeat.tools.output import emit_json, stderr, stdout
 
 _CONFIG = click.option("--config", "config_path", required=True,
@@ -44,14 +40,7 @@ def init_config(out: Path | None, keys: str | None, broker_url: str | None,
     """Write a commented configuration with every setting and its default."""
     overrides = {k: v for k, v in (("fleet.keys", keys), ("fleet.broker", broker_url),
                                    ("model.dir", model_dir)) if v is not None}
-    text = example_config(**overrides)
-    if out is None:
-        click.echo(text)
-        return
-    if out.exists():
-        raise click.ClickException(f"{out} exists; remove it or choose another --out")
-    out.write_text(text, encoding="utf-8")
-    stderr.print(f"wrote {out}")
+    write_example_config(example_config(**overrides), out)
 
 
 @aggregator.command()
@@ -65,14 +54,7 @@ def run(config_path: Path) -> None:
 
     config = load_config(config_path)
     configure_logging(config.service.log_level, as_json=config.service.log_json)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("fedbeat.aggregator").info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals("fedbeat.aggregator")
     service = AggregatorService(config)
     try:
         service.start()

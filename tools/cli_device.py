@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from fedbeat.device.config import example_device_config, load_device_config
-from fedbeat.tools.logs import configure_logging
-from fedbeat.tools.output import stderr
+from fedbeat.tools.logs import configure_logging, stop_on_signals, write_example_config
 
 
 @click.group()
@@ -36,14 +31,7 @@ def init_config(out: Path | None, keys: str | None, broker_url: str | None,
     """Write a commented configuration with every setting and its default."""
     overrides = {k: v for k, v in (("device.keys", keys), ("broker.url", broker_url),
                                    ("model.dir", model_dir)) if v is not None}
-    text = example_device_config(**overrides)
-    if out is None:
-        click.echo(text)
-        return
-    if out.exists():
-        raise click.ClickException(f"{out} exists; remove it or choose another --out")
-    out.write_text(text, encoding="utf-8")
-    stderr.print(f"wrote {out}")
+    write_example_config(example_device_config(**overrides), out)
 
 
 @device.command()
@@ -62,14 +50,7 @@ def run(config_path: Path, rounds: int) -> None:
 
     config = load_device_config(config_path)
     configure_logging(config.service.log_level, as_json=config.service.log_json)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("fedbeat.device").info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals("fedbeat.device")
     service = DeviceService(config)
     try:
         service.start()

@@ -1,10 +1,17 @@
-"""Logging for the long-running services (aggregator, device): text or one JSON object a line."""
+"""Plumbing shared by the long-running services' commands (aggregator, device): logs as text
+or one JSON object a line, stopping on signals, writing example configurations."""
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -27,3 +34,28 @@ def configure_logging(level: str, *, as_json: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def stop_on_signals(logger: str) -> threading.Event:
+    """An event set by SIGTERM or Ctrl-C, so a service loop can finish its step and close
+    cleanly (systemd stops services with SIGTERM)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(logger).info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def write_example_config(text: str, out: Path | None) -> None:
+    """What the ``init-config`` commands do: print ``text``, or write it to a new file."""
+    if out is None:
+        click.echo(text)
+        return
+    if out.exists():
+        raise click.ClickException(f"{out} exists; remove it or choose another --out")
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {out}", err=True)
