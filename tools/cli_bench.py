@@ -11,6 +11,7 @@ def bench() -> None:
 
 
 def _register() -> None:
+    from fedbeat.tools.bench_device import device
     from fedbeat.tools.bench_ingest import ingest
     from fedbeat.tools.bench_pipeline import pipeline
     from fedbeat.tools.bench_train import train
@@ -20,6 +21,7 @@ def _register() -> None:
     bench.add_command(pipeline)
     bench.add_command(transport)
     bench.add_command(ingest)
+    bench.add_command(device)
 
 
 _register()
