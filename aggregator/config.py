@@ -14,7 +14,12 @@ from typing import Any
 
 from fedbeat.device.settings import ConfigError, example_text, load_sections, require, setting
 
-__all__ = ["SECTIONS", "AggregatorConfig", "ConfigError", "example_config", "load_config"]
+__all__ = ["SECTIONS", "AggregatorConfig", "ConfigError", "EvaluationDataError",
+           "example_config", "load_config"]
+
+
+class EvaluationDataError(Exception):
+    """The configured evaluation data cannot be read; the message says what to fix."""
 
 
 @dataclass(frozen=True)

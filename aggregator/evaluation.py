@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from fedbeat.aggregator.config import EvaluationDataError
+from fedbeat.device.ecg.errors import RecordError
 from fedbeat.device.ecg.mitdb import DS1, DS2, read_record_beats
-from fedbeat.device.ecg.records import RecordError
 from fedbeat.device.trainer import Trainer
 from fedbeat.models.manifest import load_model_dir
 from fedbeat.models.metrics import AamiMetrics
@@ -26,10 +27,6 @@ from fedbeat.models.params import Params
 log = logging.getLogger("fedbeat.aggregator")
 
 SPLITS = {"ds1": DS1, "ds2": DS2}
-
-
-class EvaluationDataError(Exception):
-    """The configured evaluation data cannot be read; the message says what to fix."""
 
 
 def find_records_dir(path: Path) -> Path:

@@ -11,6 +11,10 @@ from fedbeat.device.settings import example_text, load_sections, require, settin
 SOURCES = ("record", "csv", "serial", "synthetic")
 
 
+class SourceError(Exception):
+    """The configured ECG source cannot be opened or read; the message says what to fix."""
+
+
 @dataclass(frozen=True)
 class DeviceSection:
     keys: str = setting("device", "this device's directory from `fedbeat keys add-device` "
@@ -25,6 +29,9 @@ class DeviceSection:
 class BrokerSection:
     url: str = setting("mqtts://localhost:8883", "the fleet's broker: mqtts:// or wss:// "
                                                  "(mqtt:// only for a local simulation)")
+    protocol: str = setting("auto", "MQTT version: auto (5, else 3.1.1), 5 or 3.1.1 (set 3.1.1 "
+                                    "for the embedded broker: it never answers an MQTT 5 "
+                                    "hello, which costs auto 3 s at every start)")
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class DeviceConfig:
         checks = [
             (self.device.tier in ("pi", "wearable"), "device.tier must be pi or wearable"),
             (self.device.threads >= 1, "device.threads must be at least 1"),
+            (self.broker.protocol in ("auto", "5", "3.1.1"), "broker.protocol must be auto, 5 or "
+                                                            "3.1.1"),
             (self.data.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}"),
             (self.data.speed >= 0, "data.speed must be >= 0"),
             (self.data.rate_hz > 0, "data.rate_hz must be positive"),

@@ -215,7 +215,8 @@ def measure_cold_start(work: Path, model_dir: Path, starts: int) -> dict[str, An
             config.write_text(example_device_config(**{
                 "device.keys": str(device_keys), "device.state_dir": str(work / f"state-{i}"),
                 "broker.url": broker.url, "model.dir": str(model_dir),
-                "data.source": "synthetic", "data.speed": 0.0}))
+                "data.source": "synthetic", "data.speed": 0.0,
+                "broker.protocol": "3.1.1"}))   # the embedded broker speaks 3.1.1 only
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"], check=True)
             bare.append(time.perf_counter() - start)

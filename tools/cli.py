@@ -14,10 +14,11 @@ import click
 
 from fedbeat import __version__
 from fedbeat.tools.errors import USER_ERRORS
+from fedbeat.tools.lazy_group import LazyGroup
 
 
-class FedbeatGroup(click.Group):
-    """A click group that shows user errors as one clear line instead of a traceback."""
+class FedbeatGroup(LazyGroup):
+    """The top-level group: user errors become one clear line instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -26,7 +27,13 @@ class FedbeatGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-@click.group(cls=FedbeatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_COMMANDS = {name: f"fedbeat.tools.cli_{name}:{name}" for name in (
+    "aggregator", "bench", "broker", "bundle", "data", "device", "evaluate", "keys", "model",
+    "privacy", "train")}
+
+
+@click.group(cls=FedbeatGroup, lazy={**_COMMANDS, "experiment": "fedbeat.tools.cli:experiment"},
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fedbeat")
 def cli() -> None:
     """Privacy-preserving federated learning for ECG arrhythmia detection.
@@ -43,41 +50,9 @@ def cli() -> None:
     """
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={"robust": "fedbeat.tools.robust_experiment:robust"})
 def experiment() -> None:
     """Reproducible measurements on real data (their figures go in docs/results.md)."""
-
-
-def _register() -> None:
-    from fedbeat.tools.cli_aggregator import aggregator
-    from fedbeat.tools.cli_bench import bench
-    from fedbeat.tools.cli_broker import broker
-    from fedbeat.tools.cli_bundle import bundle
-    from fedbeat.tools.cli_data import data
-    from fedbeat.tools.cli_device import device
-    from fedbeat.tools.cli_evaluate import evaluate
-    from fedbeat.tools.cli_keys import keys
-    from fedbeat.tools.cli_model import model
-    from fedbeat.tools.cli_privacy import privacy
-    from fedbeat.tools.cli_train import train
-    from fedbeat.tools.robust_experiment import robust
-
-    cli.add_command(aggregator)
-    cli.add_command(data)
-    cli.add_command(device)
-    cli.add_command(model)
-    cli.add_command(train)
-    cli.add_command(evaluate)
-    cli.add_command(bench)
-    cli.add_command(keys)
-    cli.add_command(broker)
-    cli.add_command(bundle)
-    cli.add_command(privacy)
-    experiment.add_command(robust)
-    cli.add_command(experiment)
-
-
-_register()
 
 
 def main() -> None:

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import click
 
+from fedbeat.tools.lazy_group import LazyGroup
 
-@click.group()
+_BENCHMARKS = {
+    "train": "fedbeat.tools.bench_train:train",
+    "pipeline": "fedbeat.tools.bench_pipeline:pipeline",
+    "transport": "fedbeat.tools.bench_transport:transport",
+    "ingest": "fedbeat.tools.bench_ingest:ingest",
+    "device": "fedbeat.tools.bench_device:device",
+}
+
+
+@click.group(cls=LazyGroup, lazy=_BENCHMARKS)
 def bench() -> None:
     """Measure fedbeat against baselines, side by side in one run."""
-
-
-def _register() -> None:
-    from fedbeat.tools.bench_device import device
-    from fedbeat.tools.bench_ingest import ingest
-    from fedbeat.tools.bench_pipeline import pipeline
-    from fedbeat.tools.bench_train import train
-    from fedbeat.tools.bench_transport import transport
-
-    bench.add_command(train)
-    bench.add_command(pipeline)
-    bench.add_command(transport)
-    bench.add_command(ingest)
-    bench.add_command(device)
-
-
-_register()

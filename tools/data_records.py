@@ -15,9 +15,9 @@ from typing import Any
 import click
 from rich.table import Column, Table
 
+from fedbeat.device.ecg.errors import RecordError
 from fedbeat.device.ecg.mitdb import lead_preference
 from fedbeat.device.ecg.records import (
-    RecordError,
     list_records,
     read_beat_annotations,
     read_header,

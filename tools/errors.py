@@ -6,16 +6,15 @@ CLI turns exactly these into a one-line message and exit status 1, never a trace
 
 from __future__ import annotations
 
-from fedbeat.aggregator.config import ConfigError
-from fedbeat.aggregator.evaluation import EvaluationDataError
+from fedbeat.aggregator.config import ConfigError, EvaluationDataError
 from fedbeat.aggregator.model_store import ModelStoreError
 from fedbeat.broker.client import BrokerConnectionError
 from fedbeat.broker.identity import KeyFileError
 from fedbeat.broker.launch import BrokerError
 from fedbeat.device.beats import InvalidBeatsError
-from fedbeat.device.ecg.records import RecordError
+from fedbeat.device.config import SourceError
+from fedbeat.device.ecg.errors import RecordError
 from fedbeat.device.privacy.ledger import LedgerError
-from fedbeat.device.runtime.sources import SourceError
 from fedbeat.models.manifest import ModelFileError
 from fedbeat.models.params import ParamError
 from fedbeat.models.zoo import UnknownModelError

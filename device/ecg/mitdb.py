@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from fedbeat.device.ecg.records import RecordBeats, RecordError, read_beats
+from fedbeat.device.ecg.errors import RecordError
+from fedbeat.device.ecg.records import RecordBeats, read_beats
 
 __all__ = [
     "ALL_RECORDS", "DS1", "DS2", "FALLBACK_LEAD", "PACED", "PREFERRED_LEAD", "SAME_PATIENT",

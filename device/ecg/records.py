@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 
 from fedbeat.device.ecg.aami import CLASS_INDEX, SYMBOL_TO_CLASS
+from fedbeat.device.ecg.errors import RecordError
 from fedbeat.device.ecg.stream import BeatStream, KnownPeaks
 from fedbeat.models.spec import CLASSES, SAMPLE_RATE_HZ
 
@@ -41,10 +42,6 @@ BITS_PER_SAMPLE: Final[dict[str, float]] = {
 bytes, 310 and 311 three in four). Compressed formats (508, 516, 524) have no fixed size."""
 
 _HEADER_HINT = "its first line reads 'RECORD NSIG FS NSAMP', e.g. '100 2 360 650000'"
-
-
-class RecordError(ValueError):
-    """A record that cannot be read or has no usable beats; the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedbeat.broker.client import MqttClient, TlsFiles, Will
+from fedbeat.broker.client import ClientOptions, MqttClient, TlsFiles, Will
 from fedbeat.broker.envelope import Header, MessageType
 from fedbeat.broker.errors import Rejected
 from fedbeat.broker.identity import DeviceIdentity
@@ -35,29 +35,18 @@ from fedbeat.broker.messages import Receiver, Update, open_plain, seal_update, s
 from fedbeat.broker.model_body import ReceivedModel, receive_model
 from fedbeat.broker.rounds import Announcement, participates
 from fedbeat.broker.topics import FleetTopics
-from fedbeat.device.config import DeviceConfig
-from fedbeat.device.ecg.stream import StreamBeats
+from fedbeat.device.config import DeviceConfig, SourceError
 from fedbeat.device.privacy.ledger import BudgetExhausted, PrivacyLedger, Spend
 from fedbeat.device.privacy.update_dp import clip_and_noise
 from fedbeat.device.runtime.beat_store import BeatStore
 from fedbeat.device.runtime.global_model import GlobalModel
 from fedbeat.device.runtime.outbox import Outbox
-from fedbeat.device.runtime.sources import (
-    SerialSource,
-    Source,
-    SourceError,
-    SyntheticSource,
-    csv_source,
-    record_source,
-)
-from fedbeat.device.trainer import (
-    DpSgdConfig,
-    TrainConfig,
-    Trainer,
-    TrainingDivergedError,
-    balanced_class_weight,
-)
 from fedbeat.models.manifest import load_model_dir
+
+if TYPE_CHECKING:
+    from fedbeat.device.ecg.stream import StreamBeats
+    from fedbeat.device.runtime.sources import Source
+    from fedbeat.device.trainer import Trainer
 
 log = logging.getLogger("fedbeat.device")
 
@@ -67,6 +56,14 @@ ARRHYTHMIC = (1, 2, 3)          # S, V, F in the AAMI class order N S V F Q
 
 
 def open_source(config: DeviceConfig) -> Source:
+    """The configured source; imported here because the signal pipeline pulls in scipy."""
+    from fedbeat.device.runtime.sources import (
+        SerialSource,
+        SyntheticSource,
+        csv_source,
+        record_source,
+    )
+
     d = config.data
     if d.source == "record":
         return record_source(config.path(d.path or "."), d.record, lead=d.lead,
@@ -109,13 +106,13 @@ class DeviceService:
         self.layout = self.model_dir.manifest.layout
         self.global_model = GlobalModel(state / "model", self.layout,
                                         self.model_dir.initial_params())
-        self.trainer = Trainer(self.model_dir, threads=config.device.threads)
+        # The trainer (onnxruntime) and the source (scipy's signal pipeline) are set up right
+        # after connecting (:meth:`start`): a device is reachable as early as possible.
+        self.trainer: Trainer | None = None
+        self.source: Source | None = None
         self.store = BeatStore(state / "beats.sqlite", config.store.max_beats)
         self.outbox = Outbox(state / "outbox.sqlite", retry_min_s=config.service.retry_min_s,
                              retry_max_s=config.service.retry_max_s)
-        self.source = open_source(config)
-        if isinstance(self.source, SyntheticSource):
-            log.warning("data source is SYNTHETIC (%s): not clinical data", self.source.name)
         aggregator_key = self.identity.aggregator_signing_key
         self.receiver = Receiver(self.identity.fleet, lambda header: aggregator_key)
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -143,12 +140,19 @@ class DeviceService:
         self.client = MqttClient(
             self.config.broker.url, self.me, tls=tls,
             will=Will(self.topics.status(self.me), self._status("offline")),
+            options=ClientOptions(protocol=self.config.broker.protocol),
             subscriptions={self.topics.round: enqueue, self.topics.model: enqueue,
                            self.topics.model_chunks: enqueue,
                            self.topics.inbox(self.me): enqueue})
-        log.info("%s connected to %s (MQTT %s); model v%d; data: %s", self.me,
-                 self.client.url, self.client.protocol, self.global_model.version,
-                 self.source.name)
+        log.info("%s connected to %s (MQTT %s); model v%d", self.me, self.client.url,
+                 self.client.protocol, self.global_model.version)
+        from fedbeat.device.trainer import Trainer
+
+        self.trainer = Trainer(self.model_dir, threads=self.config.device.threads)
+        self.source = open_source(self.config)
+        log.info("data: %s", self.source.name)
+        if self.source.name.startswith("SYNTHETIC"):
+            log.warning("data source is SYNTHETIC (%s): not clinical data", self.source.name)
         self.client.publish(self.topics.status(self.me), self._status("online"), retain=True)
 
     def run(self, stop: threading.Event, *, max_rounds: int = 0) -> None:
@@ -168,14 +172,15 @@ class DeviceService:
                 self.client.publish(self.topics.status(self.me), self._status("offline"),
                                     retain=True, wait=False)
             self.client.close()
-        self.source.close()
+        if self.source is not None:
+            self.source.close()
         self.store.close()
         self.outbox.close()
 
     # -- beats -------------------------------------------------------------------------------
 
     def _ingest_beats(self) -> None:
-        if self.source_done:
+        if self.source_done or self.source is None:
             return
         beats = self.source.poll()
         if beats is None:
@@ -193,8 +198,8 @@ class DeviceService:
         if self.wearable:
             probs = self._tflite().predict(beats.windows[:, None, :], beats.rr)
         else:
-            self.trainer.params = self.global_model.params
-            probs = self.trainer.predict(self.trainer.beats(beats.windows, beats.rr))
+            self._runner().params = self.global_model.params
+            probs = self._runner().predict(self._runner().beats(beats.windows, beats.rr))
         classes = probs.argmax(axis=1)
         flagged = np.isin(classes, ARRHYTHMIC)
         self.store.log_events(classes[flagged], probs[flagged].max(axis=1),
@@ -299,8 +304,8 @@ class DeviceService:
         windows, rr, _ = self.store.labelled(64)
         if len(windows) == 0:
             return True
-        self.trainer.params = self.global_model.params
-        return bool(np.all(np.isfinite(self.trainer.predict(self.trainer.beats(windows, rr)))))
+        self._runner().params = self.global_model.params
+        return bool(np.all(np.isfinite(self._runner().predict(self._runner().beats(windows, rr)))))
 
     def _on_direct(self, body: Any) -> None:
         if body.get("kind") != "receipt" or not isinstance(body.get("nonce"), bytes):
@@ -369,9 +374,21 @@ class DeviceService:
                          steps=t.epochs * max(1, round(1 / q)))
         return Spend(str(a.round), "update", t.noise_multiplier)
 
+    def _runner(self) -> Trainer:
+        if self.trainer is None:
+            raise RuntimeError("DeviceService.start() sets up the trainer")
+        return self.trainer
+
     def _train_and_send(self, a: Announcement, version: int) -> None:
+        from fedbeat.device.trainer import (
+            DpSgdConfig,
+            TrainConfig,
+            TrainingDivergedError,
+            balanced_class_weight,
+        )
+
         windows, rr, labels = self.store.labelled(self.config.training.max_beats)
-        beats = self.trainer.beats(windows, rr, labels)
+        beats = self._runner().beats(windows, rr, labels)
         seed = int.from_bytes(hashlib.sha256(f"{self.me}/{a.round}".encode()).digest()[:4],
                               "big")
         t = a.training
@@ -380,13 +397,13 @@ class DeviceService:
             fedprox_mu=t.fedprox_mu, seed=seed,
             class_weight=balanced_class_weight(labels, len(self.model_dir.manifest.inputs
                                                            .classes)))
-        self.trainer.params = self.global_model.params
+        self._runner().params = self.global_model.params
         dp = None
         if t.dp_mode == "dpsgd":
             dp = DpSgdConfig(t.noise_multiplier, t.clip_norm, sample_rate=self._sample_rate(a))
         started = time.perf_counter()
         try:
-            result = self.trainer.fit(beats, config, dp=dp, head_only=self.wearable)
+            result = self._runner().fit(beats, config, dp=dp, head_only=self.wearable)
         except TrainingDivergedError as exc:
             log.error("round %d: %s", a.round, exc)
             return

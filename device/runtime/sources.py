@@ -10,6 +10,16 @@ new class with ``poll`` and ``close``.
 
 from __future__ import annotations
 
+__all__ = [
+    "SerialSource",
+    "SignalReplay",
+    "Source",
+    "SourceError",
+    "SyntheticSource",
+    "csv_source",
+    "record_source",
+]
+
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +27,10 @@ from typing import Protocol
 
 import numpy as np
 
+from fedbeat.device.config import SourceError
+from fedbeat.device.ecg.errors import RecordError
 from fedbeat.device.ecg.mitdb import lead_preference
-from fedbeat.device.ecg.records import RecordError, read_beat_annotations, read_lead
+from fedbeat.device.ecg.records import read_beat_annotations, read_lead
 from fedbeat.device.ecg.stream import BeatStream, KnownPeaks, StreamBeats
 from fedbeat.device.ecg.synthetic import synthetic_patient
 from fedbeat.models.spec import RR_FEATURES, WINDOW_SAMPLES
@@ -26,10 +38,6 @@ from fedbeat.models.spec import RR_FEATURES, WINDOW_SAMPLES
 FAST_CHUNK_S = 30.0       # seconds of signal per poll when replaying as fast as possible
 MAX_CHUNK_S = 5.0         # at most this much signal per poll when paced
 BEAT_PERIOD_S = 0.8       # synthetic beats arrive about this often (75 bpm) at speed 1
-
-
-class SourceError(Exception):
-    """The configured ECG source cannot be opened or read; the message says what to fix."""
 
 
 class Source(Protocol):
