@@ -23,6 +23,8 @@ class DeviceSection:
     tier: str = setting("pi", "pi (ONNX Runtime, trains the whole model) or wearable "
                               "(TFLite inference, trains the classifier head only)")
     threads: int = setting(1, "onnxruntime threads for training and inference")
+    tflite_precision: str = setting("int8", "wearable: int8 (quantised on the device with its "
+                                            "own beats; 3x smaller) or float32")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class DeviceConfig:
         checks = [
             (self.device.tier in ("pi", "wearable"), "device.tier must be pi or wearable"),
             (self.device.threads >= 1, "device.threads must be at least 1"),
+            (self.device.tflite_precision in ("int8", "float32"),
+             "device.tflite_precision must be int8 or float32"),
             (self.broker.protocol in ("auto", "5", "3.1.1"), "broker.protocol must be auto, 5 or "
                                                             "3.1.1"),
             (self.data.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}"),

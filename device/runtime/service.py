@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import queue
+import sqlite3
 import subprocess
 import threading
 import time
@@ -125,6 +127,7 @@ class DeviceService:
         self.bad_versions: set[int] = set()
         self.offered: dict[int, ReceivedModel] = {}      # verified models not (yet) installed
         self.rounds_trained = 0
+        self._storage_warned = -math.inf
         self.source_done = False
         self.client: MqttClient | None = None
 
@@ -158,13 +161,25 @@ class DeviceService:
     def run(self, stop: threading.Event, *, max_rounds: int = 0) -> None:
         """Until ``stop`` (or ``max_rounds`` trained rounds, for simulations and tests)."""
         while not stop.is_set():
-            self._ingest_beats()
-            self._handle_messages()
-            self._maybe_train()
-            self._resend()
+            for step in (self._ingest_beats, self._handle_messages, self._maybe_train,
+                         self._resend):
+                try:
+                    step()
+                except (sqlite3.OperationalError, OSError) as exc:
+                    self._storage_trouble(exc)
             if max_rounds and self.rounds_trained >= max_rounds:
                 return
             stop.wait(LOOP_S)
+
+    def _storage_trouble(self, exc: Exception) -> None:
+        """A full or failing disk: say so (at most once a minute) and keep running on what is
+        already stored. Nothing is sent that the privacy ledger could not record first."""
+        now = time.monotonic()
+        if now - self._storage_warned >= 60.0:
+            self._storage_warned = now
+            log.error("local storage is failing (%s): new beats are not kept and no update is "
+                      "sent until it recovers; free space in %s", exc,
+                      self.config.path(self.config.device.state_dir))
 
     def close(self) -> None:
         if self.client is not None:
@@ -279,19 +294,24 @@ class DeviceService:
         global model changes."""
         if self._tflite_version != self.global_model.version or self._tflite_model is None:
             from fedbeat.device.tflite_model import TFLiteModel
+            from fedbeat.models.tflite_export import export_tflite
             from fedbeat.models.tflite_quant import export_tflite_int8, representative_beats
             from fedbeat.models.zoo import create_architecture
 
-            windows, rr, _ = self.store.labelled(self.config.training.max_beats)
-            if len(windows) < 16:
-                windows, rr = self._calibration_fallback()
-            windows, rr = representative_beats(windows, rr, count=500)
-            data = export_tflite_int8(create_architecture(self.model_dir.manifest.model),
-                                      self.global_model.params, windows, rr)
+            arch = create_architecture(self.model_dir.manifest.model)
+            precision = self.config.device.tflite_precision
+            if precision == "int8":
+                windows, rr, _ = self.store.labelled(self.config.training.max_beats)
+                if len(windows) < 16:
+                    windows, rr = self._calibration_fallback()
+                windows, rr = representative_beats(windows, rr, count=500)
+                data = export_tflite_int8(arch, self.global_model.params, windows, rr)
+            else:
+                data = export_tflite(arch, self.global_model.params)
             self._tflite_model = TFLiteModel(data, threads=self.config.device.threads)
             self._tflite_version = self.global_model.version
-            log.info("wearable: int8 TFLite of model v%d (%d bytes)", self._tflite_version,
-                     len(data))
+            log.info("wearable: %s TFLite of model v%d (%d bytes)", precision,
+                     self._tflite_version, len(data))
         return self._tflite_model
 
     def _calibration_fallback(self) -> tuple[np.ndarray, np.ndarray]:
