@@ -112,8 +112,9 @@ def test_broker_config_writes_files(keys_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["broker", "run", "--keys", "/nonexistent/keys"], "does not exist"),
-    (["broker", "config", "--keys", "/nonexistent/keys", "--out", "/tmp/x"], "does not exist"),
+    (["broker", "run", "--keys", "no-such-keys-dir"], "does not exist"),
+    (["broker", "config", "--keys", "no-such-keys-dir", "--out", "never-written"],
+     "does not exist"),
 ])
 def test_broker_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
