@@ -77,8 +77,8 @@ class AggregationSection:
 
 @dataclass(frozen=True)
 class EvaluationSection:
-    data: str = setting("", "MIT-BIH directory for server-side evaluation after every round; "
-                       "empty disables it")
+    data: str = setting("", "MIT-BIH directory for server-side evaluation after every round, "
+                            "or synthetic (held-out simulated patients); empty disables it")
     split: str = setting("ds2", "records to evaluate on: ds2 (inter-patient test set) or ds1")
     max_beats: int = setting(0, "evaluate on at most this many beats (0 = all)")
 

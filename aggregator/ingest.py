@@ -96,7 +96,8 @@ class Ingest:
             accepted = AcceptedUpdate(
                 update.round_id, header.sender, header.nonce,
                 hashlib.sha256(message.header_bytes + message.payload).hexdigest(),
-                opened.num_samples, header.model_version, opened.metrics, opened.tensors)
+                opened.num_samples, header.model_version, opened.metrics, opened.tensors,
+                len(message.header_bytes) + len(message.payload))
             client_update = ClientUpdate(header.sender, opened.num_samples, opened.tensors,
                                          header.model_version)
             assert aggregation is not None

@@ -25,12 +25,13 @@ import signal
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedbeat.aggregator.config import AggregatorConfig, ConfigError
-from fedbeat.aggregator.evaluation import Evaluator
+from fedbeat.aggregator.evaluation import SYNTHETIC, Evaluator
 from fedbeat.aggregator.ingest import Ingest, OpenRound, Outcome
 from fedbeat.aggregator.model_message import publish_model
 from fedbeat.aggregator.model_store import ModelStore, ModelVersion
@@ -136,8 +137,9 @@ class AggregatorService:
         e = self.config.evaluation
         if not e.data:
             return None
-        return Evaluator(self.config.path(self.config.model.dir), self.config.path(e.data),
-                         e.split, max_beats=e.max_beats, seed=self.config.service.seed)
+        data = Path(SYNTHETIC) if e.data == SYNTHETIC else self.config.path(e.data)
+        return Evaluator(self.config.path(self.config.model.dir), data, e.split,
+                         max_beats=e.max_beats, seed=self.config.service.seed)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -314,10 +316,6 @@ class AggregatorService:
         self._publish_model(version)
         announcement = self._announcement(row.round_id, base, row.deadline, "closed",
                                           f"model v{version.version}")
-        self.store.finish_round(row.round_id, "closed", result_version=version.version,
-                                reason="", optimizer_state=encode_tensors(
-                                    self.optimizer.state_dict()),
-                                announcement=announcement.to_body())
         evaluation = self.evaluator.evaluate(params) if self.evaluator is not None else None
         if evaluation is not None:
             log.info("round %d: model v%d on %s: macro-F1 (N,S,V,F) %s", row.round_id,
@@ -329,6 +327,10 @@ class AggregatorService:
             "delta_norm": float(np.linalg.norm(params - base.params)),
             "close_s": time.perf_counter() - started,
             "rejections": self.store.rejection_counts()})
+        self.store.finish_round(row.round_id, "closed", result_version=version.version,
+                                reason="", optimizer_state=encode_tensors(
+                                    self.optimizer.state_dict()),
+                                announcement=announcement.to_body())
         self._crash_point("after-round-closed")
         self._announce(announcement)
         log.info("round %d closed: %d update(s) → model v%d", row.round_id, len(aggregation),

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS accepted (
     accepted_at REAL NOT NULL,
     metrics TEXT NOT NULL,
     tensors BLOB,
+    bytes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (round_id, device_id)
 );
 CREATE TABLE IF NOT EXISTS devices (
@@ -93,6 +94,7 @@ class AcceptedUpdate:
     base_version: int
     metrics: dict[str, float]
     tensors: dict[str, np.ndarray]
+    bytes: int = 0                       # size of the signed, sealed message on the wire
 
 
 def encode_tensors(tensors: Mapping[str, np.ndarray]) -> bytes:
@@ -207,10 +209,12 @@ class StateStore:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute(
-                    "INSERT INTO accepted VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO accepted (round_id, device_id, nonce, digest, num_samples, "
+                    "base_version, accepted_at, metrics, tensors, bytes) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (update.round_id, update.device_id, update.nonce, update.digest,
                      update.num_samples, update.base_version, time.time(),
-                     json.dumps(update.metrics), encode_tensors(update.tensors)))
+                     json.dumps(update.metrics), encode_tensors(update.tensors), update.bytes))
                 self.db.execute(
                     "INSERT INTO devices (device_id, accepted, last_seen, epsilon) "
                     "VALUES (?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
@@ -240,6 +244,13 @@ class StateStore:
         for row in cursor:
             yield AcceptedUpdate(row[0], row[1], bytes(row[2]), row[3], row[4], row[5],
                                  json.loads(row[6]), decode_tensors(bytes(row[7])))
+
+    def round_updates(self, round_id: int) -> list[dict[str, Any]]:
+        """Who contributed to a round, with how many examples, metrics and bytes (no tensors)."""
+        rows = self.db.execute("SELECT device_id, num_samples, metrics, bytes FROM accepted "
+                               "WHERE round_id = ? ORDER BY device_id", (round_id,)).fetchall()
+        return [{"device_id": d, "num_samples": n, "metrics": json.loads(m), "bytes": b}
+                for d, n, m, b in rows]
 
     def record_rejection(self, reason: str, device_id: str | None) -> None:
         with self.db:

@@ -29,7 +29,7 @@ class FedbeatGroup(LazyGroup):
 
 _COMMANDS = {name: f"fedbeat.tools.cli_{name}:{name}" for name in (
     "aggregator", "bench", "broker", "bundle", "data", "device", "evaluate", "keys", "model",
-    "privacy", "train")}
+    "privacy", "simulate", "train")}
 
 
 @click.group(cls=FedbeatGroup, lazy={**_COMMANDS, "experiment": "fedbeat.tools.cli:experiment"},

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedbeat.device")
 
 LOOP_S = 0.05
+POWER_HOOK_S = 30.0           # a round waits at most this long after the charger is plugged in
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 ARRHYTHMIC = (1, 2, 3)          # S, V, F in the AAMI class order N S V F Q
 
@@ -125,6 +126,8 @@ class DeviceService:
         self._tflite_model: Any = None
         self._tflite_version = -1
         self.bad_versions: set[int] = set()
+        self._not_training: dict[int, str] = {}
+        self._power_answer: tuple[float, str] = (-math.inf, "")
         self.offered: dict[int, ReceivedModel] = {}      # verified models not (yet) installed
         self.rounds_trained = 0
         self._storage_warned = -math.inf
@@ -350,8 +353,11 @@ class DeviceService:
             return
         reason = self._ineligible(a)
         if reason:
-            log.info("round %d: not training: %s", a.round, reason)
-            self.outbox.skip(a.round, reason)
+            # Re-checked every loop while the round is open: beats arrive, the charger gets
+            # plugged in. Logged once per round and reason.
+            if self._not_training.get(a.round) != reason:
+                self._not_training = {a.round: reason}
+                log.info("round %d: not training (yet): %s", a.round, reason)
             return
         self._train_and_send(a, version)
 
@@ -371,15 +377,25 @@ class DeviceService:
                 return refusal
         if a.training.optimizer not in self.model_dir.manifest.optimizers:
             return f"the model directory has no {a.training.optimizer!r} optimizer graph"
+        return self._power_hook()
+
+    def _power_hook(self) -> str:
+        """Ask the configured hook (at most every POWER_HOOK_S seconds) whether to train now."""
         hook = self.config.training.power_hook
-        if hook:
-            try:
-                done = subprocess.run(hook, shell=True, timeout=30, check=False)
-            except subprocess.TimeoutExpired:
-                return "the power hook timed out"
-            if done.returncode != 0:
-                return f"the power hook said no (exit {done.returncode})"
-        return ""
+        if not hook:
+            return ""
+        now = time.monotonic()
+        checked_at, answer = self._power_answer
+        if now - checked_at < POWER_HOOK_S:
+            return answer
+        try:
+            done = subprocess.run(hook, shell=True, timeout=30, check=False)
+            answer = "" if done.returncode == 0 else \
+                f"the power hook said no (exit {done.returncode})"
+        except subprocess.TimeoutExpired:
+            answer = "the power hook timed out"
+        self._power_answer = (now, answer)
+        return answer
 
     def _sample_rate(self, a: Announcement) -> float:
         labelled = min(self.store.count(labelled=True), self.config.training.max_beats)
