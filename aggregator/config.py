@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedbeat.device.settings import ConfigError, example_text, load_sections, require, setting
+from fedbeat.device.settings import (
+    ConfigError,
+    example_text,
+    load_config_file,
+    require,
+    setting,
+)
 
 __all__ = ["SECTIONS", "AggregatorConfig", "ConfigError", "EvaluationDataError",
            "example_config", "load_config"]
@@ -133,10 +139,8 @@ class AggregatorConfig:
 
 def load_config(path: Path) -> AggregatorConfig:
     """Read and check ``path``; raises :class:`ConfigError` with what to fix."""
-    sections = load_sections(path, SECTIONS, init_command="fedbeat aggregator init-config")
-    config = AggregatorConfig(**sections, base_dir=Path(path).resolve().parent)
-    config.validate()
-    return config
+    return load_config_file(path, AggregatorConfig, SECTIONS,
+                            init_command="fedbeat aggregator init-config")
 
 
 def example_config(**overrides: Any) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedbeat.device.settings import example_text, load_sections, require, setting
+from fedbeat.device.settings import example_text, load_config_file, require, setting
 
 SOURCES = ("record", "csv", "serial", "synthetic")
 
@@ -129,10 +129,9 @@ class DeviceConfig:
 
 
 def load_device_config(path: Path) -> DeviceConfig:
-    sections = load_sections(path, SECTIONS, init_command="fedbeat device init-config")
-    config = DeviceConfig(**sections, base_dir=Path(path).resolve().parent)
-    config.validate()
-    return config
+    """Read and check a device configuration; raises ``ConfigError`` with what to fix."""
+    return load_config_file(path, DeviceConfig, SECTIONS,
+                            init_command="fedbeat device init-config")
 
 
 def example_device_config(**overrides: Any) -> str:

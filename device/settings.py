@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -67,6 +69,16 @@ def load_sections(path: Path, sections: Mapping[str, type], *,
                           f"(known: {', '.join(sections)})")
     return {name: _section(name, cls, dict(data.get(name, {})))
             for name, cls in sections.items()}
+
+
+def load_config_file(path: Path, factory: Callable[..., T], sections: Mapping[str, type], *,
+                     init_command: str) -> T:
+    """``factory(**sections, base_dir=<the file's directory>)``, validated: the one way both
+    services read their settings file (relative paths are relative to the file)."""
+    loaded = load_sections(path, sections, init_command=init_command)
+    config = factory(**loaded, base_dir=Path(path).resolve().parent)
+    config.validate()  # type: ignore[attr-defined]
+    return config
 
 
 def _toml_value(value: Any) -> str:
