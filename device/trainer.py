@@ -324,56 +324,43 @@ class Trainer:
     def _fit_plain(self, beats: Beats, config: TrainConfig,
                    progress: Progress | None) -> _Run:
         runner = self.sessions.get(f"train_{config.optimizer}")
-        rng = np.random.default_rng(config.seed)
-        feed = self._constant_feed(config, runner, self.params)
-        params = self.params.to_flat()
-        state = self._initial_state(config.optimizer)
-        n = len(beats)
-        per_epoch = math.ceil(n / config.batch_size)
-        total = per_epoch * config.epochs
-        losses = np.empty(total, dtype=np.float32)
-        step = 0
         assert beats.labels is not None
-        for _ in range(config.epochs):
-            order = rng.permutation(n)
-            for begin in range(0, n, config.batch_size):
-                idx = order[begin:begin + config.batch_size]
-                feed.update(window=beats.windows[idx], rr=beats.rr[idx], labels=beats.labels[idx],
-                            step=np.asarray(step + 1, dtype=np.float32))
-                feed.update(self._dropout_masks(runner, rng, len(idx)))
-                feed[_PARAMS] = params
-                feed.update(state)
-                out = runner.run(feed)
-                params = out[f"new.{_PARAMS}"]
-                state = {k: out[f"new.{k}"] for k in state}
-                losses[step] = out["loss"]
-                step += 1
-                if progress:
-                    progress(step, total)
-        return _Run(params, losses, n * config.epochs)
+        labels = beats.labels
+        return self._epochs(runner, config, self._initial_state(config.optimizer), len(beats),
+                            lambda idx: {"window": beats.windows[idx], "rr": beats.rr[idx],
+                                         "labels": labels[idx]}, progress)
 
     def _fit_head(self, beats: Beats, config: TrainConfig,
                   progress: Progress | None) -> _Run:
         """As :meth:`_fit_plain`, on features computed once: the trunk does not change."""
         runner = self.sessions.get(f"train_head_{config.optimizer}")
         features = self.features(beats)
+        head_size = self.params.layout.size - self.head_offset
+        state = {f"state.{slot}": np.zeros(head_size, np.float32)
+                 for slot in _STATE_SLOTS[config.optimizer]}
+        assert beats.labels is not None
+        labels = beats.labels
+        return self._epochs(runner, config, state, len(beats),
+                            lambda idx: {"features": features[idx], "labels": labels[idx]},
+                            progress)
+
+    def _epochs(self, runner: GraphRunner, config: TrainConfig, state: dict[str, np.ndarray],
+                n: int, batch: Callable[[np.ndarray], dict[str, np.ndarray]],
+                progress: Progress | None) -> _Run:
+        """Shuffled mini-batch epochs of a fused training graph (the partial last batch is
+        trained too); ``batch`` gives a batch's inputs from its example indices."""
         rng = np.random.default_rng(config.seed)
         feed = self._constant_feed(config, runner, self.params)
         params = self.params.to_flat()
-        head_size = len(params) - self.head_offset
-        state = {f"state.{slot}": np.zeros(head_size, np.float32)
-                 for slot in _STATE_SLOTS[config.optimizer]}
-        n = len(beats)
         total = math.ceil(n / config.batch_size) * config.epochs
         losses = np.empty(total, dtype=np.float32)
         step = 0
-        assert beats.labels is not None
         for _ in range(config.epochs):
             order = rng.permutation(n)
             for begin in range(0, n, config.batch_size):
                 idx = order[begin:begin + config.batch_size]
-                feed.update(features=features[idx], labels=beats.labels[idx],
-                            step=np.asarray(step + 1, dtype=np.float32))
+                feed.update(batch(idx))
+                feed["step"] = np.asarray(step + 1, dtype=np.float32)
                 feed.update(self._dropout_masks(runner, rng, len(idx)))
                 feed[_PARAMS] = params
                 feed.update(state)
