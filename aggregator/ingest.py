@@ -9,7 +9,6 @@ update is folded into the in-memory aggregate, so a crash can never leave the tw
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,15 +55,13 @@ class Ingest:
     """Applies the pipeline for one fleet; callers serialise calls (one lock with round close)."""
 
     def __init__(self, receiver: Receiver, sealing_key: X25519PrivateKey, layout: ParamLayout,
-                 store: StateStore, *, max_update_norm: float,
-                 on_accept: Callable[[AcceptedUpdate], None] | None = None) -> None:
+                 store: StateStore, *, max_update_norm: float) -> None:
         self.receiver = receiver
         self.sealing_key = sealing_key
         self.shapes = dict(layout.entries)
         self.max_elements = layout.size
         self.store = store
         self.max_update_norm = max_update_norm
-        self.on_accept = on_accept
 
     def process(self, topic: str, payload: bytes, open_round: OpenRound | None,
                 aggregation: Aggregation | None) -> Outcome | None:
@@ -76,8 +73,6 @@ class Ingest:
         if message is None or message.header.type is not MessageType.UPDATE:
             return None
         header = message.header
-        sender = Outcome(False, device_id=header.sender, round_id=header.round,
-                         nonce=header.nonce)
         try:
             update = self._check(message.header.sender, header.round, header.model_version,
                                  open_round)
@@ -105,12 +100,10 @@ class Ingest:
                 raise Rejected(RejectReason.DUPLICATE, "already accepted in this round")
         except Rejected as rejected:
             self.receiver.rejections.add(rejected.reason)
-            return Outcome(False, rejected.reason, rejected.detail, sender.device_id,
-                           sender.round_id, sender.nonce)
+            return Outcome(False, rejected.reason, rejected.detail, header.sender,
+                           header.round, header.nonce)
         aggregation.add(client_update)
-        if self.on_accept is not None:
-            self.on_accept(accepted)
-        return Outcome(True, None, "", sender.device_id, sender.round_id, sender.nonce)
+        return Outcome(True, None, "", header.sender, header.round, header.nonce)
 
     def _check(self, device_id: str, round_id: int, model_version: int,
                open_round: OpenRound | None) -> OpenRound:

@@ -230,11 +230,6 @@ class StateStore:
                               (round_id, device_id)).fetchone()
         return row is not None
 
-    def count_accepted(self, round_id: int) -> int:
-        row = self.db.execute("SELECT COUNT(*) FROM accepted WHERE round_id = ?",
-                              (round_id,)).fetchone()
-        return int(row[0])
-
     def accepted_updates(self, round_id: int) -> Iterator[AcceptedUpdate]:
         """The round's updates with their tensors, in device-id order (one at a time)."""
         cursor = self.db.execute(

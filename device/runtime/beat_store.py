@@ -100,8 +100,5 @@ class BeatStore:
             self.db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
                             (self.max_events,))
 
-    def event_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-
     def close(self) -> None:
         self.db.close()

@@ -86,10 +86,6 @@ class Outbox:
                                  "WHERE state = 'pending' AND round_id < ?", (round_id,))
         return cursor.rowcount
 
-    def state_of(self, nonce: bytes) -> str | None:
-        row = self.db.execute("SELECT state FROM outbox WHERE nonce = ?", (nonce,)).fetchone()
-        return None if row is None else str(row[0])
-
     def skip(self, round_id: int, reason: str) -> None:
         """Record that this device sat a round out (and why), so it never trains for it."""
         self.db.execute("INSERT OR IGNORE INTO outbox (nonce, round_id, topic, payload, "

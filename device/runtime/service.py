@@ -24,7 +24,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -490,10 +489,3 @@ class DeviceService:
     def _status(self, state: str) -> bytes:
         header = Header.new(MessageType.STATUS, fleet=self.identity.fleet, sender=self.me)
         return sign_plain(header, {"state": state}, self.identity.signing_key)
-
-
-def state_paths(config: DeviceConfig) -> dict[str, Path]:
-    """Where the daemon keeps its state (for operators and the status command)."""
-    state = config.path(config.device.state_dir)
-    return {"beats": state / "beats.sqlite", "outbox": state / "outbox.sqlite",
-            "model": state / "model"}
