@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA
 from fedbeat.device.settings import (
     ConfigError,
     example_text,
@@ -126,9 +127,9 @@ class AggregatorConfig:
             (r.deadline_s > 0, "rounds.deadline_s must be positive"),
             (0 < r.participation_fraction <= 1, "rounds.participation_fraction must be in (0, 1]"),
             (r.max_extensions >= 0 and r.rounds >= 0, "rounds counts must be >= 0"),
-            (0 < a.max_update_norm < 64,
-             "aggregation.max_update_norm must be in (0, 64): exact aggregation represents "
-             "each coordinate in fixed point below 64"),
+            (0 < a.max_update_norm < MAX_ABS_DELTA,
+             f"aggregation.max_update_norm must be in (0, {MAX_ABS_DELTA:g}): exact "
+             f"aggregation represents each value in fixed point below {MAX_ABS_DELTA:g}"),
             (0 <= a.trim_fraction < 0.5, "aggregation.trim_fraction must be in [0, 0.5)"),
             (self.service.log_level in ("debug", "info", "warning", "error"),
              "service.log_level must be debug, info, warning or error"),

@@ -11,20 +11,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedbeat.aggregator.store import AcceptedUpdate, StateStore
-from fedbeat.aggregator.strategies.aggregate import l2_norm
+from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA, l2_norm_and_peak
 from fedbeat.aggregator.strategies.base import Aggregation, ClientUpdate
 from fedbeat.broker.envelope import MessageType
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.messages import Receiver, open_update
 from fedbeat.broker.rounds import participates
 from fedbeat.models.params import ParamLayout
-
-MAX_COORDINATE = 64.0
-"""Exact (fixed-point) aggregation represents each value below this magnitude."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +74,15 @@ class Ingest:
                                  open_round)
             opened = open_update(message, self.sealing_key, max_elements=self.max_elements,
                                  expected=self.shapes, allow_subset=True)
-            norm = l2_norm(list(opened.tensors.values()))
+            norm, peak = l2_norm_and_peak(list(opened.tensors.values()))
             bound = update.max_norm or self.max_update_norm
             if norm > bound:
                 raise Rejected(RejectReason.NORM_EXCEEDED, f"L2 norm {norm:.3g} above {bound:g}")
-            if any(np.max(np.abs(t), initial=0.0) >= MAX_COORDINATE
-                   for t in opened.tensors.values()):
+            # Checked before the commit: the exact sum refuses such values, and an accepted
+            # update must always fold.
+            if peak >= MAX_ABS_DELTA:
                 raise Rejected(RejectReason.BAD_TENSOR,
-                               f"a value beyond ±{MAX_COORDINATE:g} (exact aggregation's range)")
+                               f"a value beyond ±{MAX_ABS_DELTA:g} (exact aggregation's range)")
             if opened.num_samples < 1 or not opened.tensors:
                 raise Rejected(RejectReason.BAD_TENSOR, "an update needs samples and tensors")
             accepted = AcceptedUpdate(

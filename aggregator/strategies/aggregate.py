@@ -228,6 +228,15 @@ def l2_norm(tensors: list[np.ndarray]) -> float:
     return math.sqrt(total)
 
 
+def l2_norm_and_peak(tensors: list[np.ndarray]) -> tuple[float, float]:
+    """The L2 norm over all values of several tensors and their largest magnitude, from one
+    float64 copy (ingest checks both on every update)."""
+    if not tensors:
+        return 0.0, 0.0
+    flat = np.concatenate([t.ravel() for t in tensors]).astype(np.float64)
+    return math.sqrt(float(np.sum(flat * flat))), float(np.max(np.abs(flat)))
+
+
 def clip_scale(norm: float, max_norm: float) -> float:
     """Factor ``min(1, C / ‖Δ‖)`` that bounds a norm (Sun et al. 2019, arXiv 1911.07963)."""
     if norm <= max_norm:
