@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedbeat.device")
 
 LOOP_S = 0.05
+ELIGIBILITY_S = 1.0           # how often an open round's eligibility checks are re-run
 POWER_HOOK_S = 30.0           # a round waits at most this long after the charger is plugged in
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 ARRHYTHMIC = (1, 2, 3)          # S, V, F in the AAMI class order N S V F Q
@@ -126,6 +127,7 @@ class DeviceService:
         self._tflite_version = -1
         self.bad_versions: set[int] = set()
         self._not_training: dict[int, str] = {}
+        self._checked: tuple[Announcement | None, float] = (None, -math.inf)
         self._power_answer: tuple[float, str] = (-math.inf, "")
         self.offered: dict[int, ReceivedModel] = {}      # verified models not (yet) installed
         self.rounds_trained = 0
@@ -341,7 +343,15 @@ class DeviceService:
 
     def _maybe_train(self) -> None:
         a = self.announcement
-        if a is None or a.state != "open" or a.round in self.outbox.rounds_answered():
+        if a is None or a.state != "open":
+            return
+        # The checks below query the stores and the privacy accountant: once a second is
+        # plenty (beats arrive at about one a second), not on every 50 ms loop.
+        now = time.monotonic()
+        if a is self._checked[0] and now - self._checked[1] < ELIGIBILITY_S:
+            return
+        self._checked = (a, now)
+        if a.round in self.outbox.rounds_answered():
             return
         if not participates(self.me, a.round, a.participation_seed, a.participation_fraction):
             return
