@@ -138,7 +138,8 @@ def test_local_dp_spends_budget_and_stops_at_it(
         assert row["epsilon"] == pytest.approx(2.0, abs=0.15)     # reported in the update
     for i in (3, 4):
         log = (tmp_path / f"dev-{i}.log").read_text()
-        assert "would exceed" in log or "budget" in log
+        assert "would take ε from" in log
+        assert "above the budget of 2.5" in log
         spent = PrivacyLedger.open(tmp_path / f"dev-{i}" / "privacy-ledger.json").spent(1e-5)
         assert spent == pytest.approx(2.0, abs=0.15)
         assert spent < 2.5
