@@ -71,13 +71,19 @@ def test_full_run_renders_everything(tmp_path: Path) -> None:
     assert not (run / "report.html.partial").exists()
 
 
-def test_report_is_self_contained(tmp_path: Path) -> None:
-    page = write_report(make_run(tmp_path, [record(r) for r in (1, 2, 3)], CONFIG)).read_text()
+def assert_self_contained(page: str) -> None:
+    """The page opens offline: it fetches nothing and runs nothing."""
     assert "http://" not in page
     assert "https://" not in page
+    assert not re.search(r"""(href|src)=["']?//""", page)
     assert not re.search(r"<(script|link|img|iframe)\b", page)
     assert "url(" not in page
     assert "@import" not in page
+
+
+def test_report_is_self_contained(tmp_path: Path) -> None:
+    page = write_report(make_run(tmp_path, [record(r) for r in (1, 2, 3)], CONFIG)).read_text()
+    assert_self_contained(page)
 
 
 def test_real_data_has_no_banner(tmp_path: Path) -> None:

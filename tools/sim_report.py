@@ -4,6 +4,9 @@
 from a run directory and writes ``report.html`` beside them. The page opens offline: no
 scripts, no external stylesheets or fonts; every plot is inline SVG drawn here (standard
 library only). Every piece of text from the run is escaped.
+
+The readers, charts, tables and page shell are shared with the comparison page
+(:mod:`fedbeat.tools.sim_compare`).
 """
 
 from __future__ import annotations
@@ -38,10 +41,15 @@ class ReportDataError(ValueError):
 
 # --- reading the run ------------------------------------------------------------------------
 
-def read_metrics(path: Path) -> list[Record]:
-    """The per-round records; a missing file is no rounds, a truncated last line is ignored."""
+def read_metrics(path: Path, *, missing_ok: bool = True) -> list[Record]:
+    """The per-round records; a truncated last line is ignored.
+
+    A missing file is no rounds, or with ``missing_ok=False`` a :class:`ReportDataError`.
+    """
     if not path.exists():
-        return []
+        if missing_ok:
+            return []
+        raise ReportDataError(f"{path}: no such file (the run recorded no rounds)")
     lines = path.read_text(encoding="utf-8").splitlines()
     records: list[Record] = []
     for number, line in enumerate(lines, start=1):
@@ -94,6 +102,10 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def empty(text: str) -> str:
+    return f'<p class="empty">{esc(text)}</p>'
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """A table cell: floats to ``digits`` places, ``—`` for undefined values."""
     if value is None:
@@ -117,9 +129,21 @@ def fmt_tick(value: float) -> str:
 
 # --- SVG charts -----------------------------------------------------------------------------
 
-WIDTH, HEIGHT = 720, 280
-LEFT, RIGHT, TOP, BOTTOM = 64, 170, 14, 44
-"""Plot margins in px; the right margin holds the legend."""
+@dataclass(frozen=True)
+class Canvas:
+    """A chart's size and margins in px; the right margin holds the legend."""
+
+    width: int = 720
+    height: int = 280
+    left: int = 64
+    right: int = 170
+    top: int = 14
+    bottom: int = 44
+
+
+CANVAS = Canvas()
+SMALL_CANVAS = Canvas(width=460, height=230, right=120)
+"""For small multiples, two to a row."""
 MARKERS_UP_TO = 40
 """Draw point markers when a line has at most this many points."""
 
@@ -158,46 +182,50 @@ class Frame:
     x_hi: float
     y_lo: float
     y_hi: float
+    canvas: Canvas = CANVAS
 
     def x(self, value: float) -> float:
+        c = self.canvas
         span = self.x_hi - self.x_lo or 1.0
-        return LEFT + (value - self.x_lo) / span * (WIDTH - LEFT - RIGHT)
+        return c.left + (value - self.x_lo) / span * (c.width - c.left - c.right)
 
     def y(self, value: float) -> float:
+        c = self.canvas
         span = self.y_hi - self.y_lo or 1.0
-        return HEIGHT - BOTTOM - (value - self.y_lo) / span * (HEIGHT - TOP - BOTTOM)
+        return c.height - c.bottom - (value - self.y_lo) / span * (c.height - c.top - c.bottom)
 
     def axes(self, y_ticks: Sequence[float], y_label: str, x_label: str) -> list[str]:
+        c = self.canvas
         parts = []
         for tick in y_ticks:
             y = self.y(tick)
-            parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" '
+            parts.append(f'<line class="grid" x1="{c.left}" x2="{c.width - c.right}" '
                          f'y1="{y:.1f}" y2="{y:.1f}"/>'
-                         f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
+                         f'<text class="tick" x="{c.left - 6}" y="{y + 4:.1f}" '
                          f'text-anchor="end">{esc(fmt_tick(tick))}</text>')
-        bottom = HEIGHT - BOTTOM
-        parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{bottom}" '
-                     f'y2="{bottom}"/><line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" '
-                     f'y2="{bottom}"/>')
-        middle = (TOP + bottom) / 2
-        parts.append(f'<text class="label" x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" '
-                     f'y="{HEIGHT - 6}" text-anchor="middle">{esc(x_label)}</text>'
+        bottom = c.height - c.bottom
+        parts.append(f'<line class="axis" x1="{c.left}" x2="{c.width - c.right}" '
+                     f'y1="{bottom}" y2="{bottom}"/><line class="axis" x1="{c.left}" '
+                     f'x2="{c.left}" y1="{c.top}" y2="{bottom}"/>')
+        middle = (c.top + bottom) / 2
+        parts.append(f'<text class="label" x="{(c.left + c.width - c.right) / 2:.0f}" '
+                     f'y="{c.height - 6}" text-anchor="middle">{esc(x_label)}</text>'
                      f'<text class="label" transform="translate(14 {middle:.0f}) rotate(-90)" '
                      f'text-anchor="middle">{esc(y_label)}</text>')
         return parts
 
 
-def svg(title: str, body: Sequence[str]) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+def svg(title: str, body: Sequence[str], canvas: Canvas = CANVAS) -> str:
+    return (f'<svg class="chart" viewBox="0 0 {canvas.width} {canvas.height}" role="img" '
             f'aria-label="{esc(title)}"><title>{esc(title)}</title>{"".join(body)}</svg>')
 
 
-def legend(entries: Sequence[tuple[str, str, str]]) -> list[str]:
+def legend(entries: Sequence[tuple[str, str, str]], canvas: Canvas = CANVAS) -> list[str]:
     """Legend rows (name, colour, dash) in the right margin."""
     parts = []
-    x = WIDTH - RIGHT + 14
+    x = canvas.width - canvas.right + 14
     for i, (name, color, dash) in enumerate(entries):
-        y = TOP + 10 + i * 18
+        y = canvas.top + 10 + i * 18
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         parts.append(f'<line x1="{x}" x2="{x + 20}" y1="{y}" y2="{y}" stroke="{color}" '
                      f'stroke-width="3"{dash_attr}/><text class="tick" x="{x + 26}" '
@@ -213,21 +241,21 @@ def y_range(values: Sequence[float], y_max: float | None) -> tuple[float, float]
 
 
 def line_chart(title: str, series: Sequence[Series], *, x_label: str, y_label: str,
-               y_max: float | None = None) -> str:
+               y_max: float | None = None, canvas: Canvas = CANVAS) -> str:
     """Lines over rounds; a single point or an isolated value is drawn as a dot."""
     xs = [x for s in series for x, _ in s.values]
     ys = [y for s in series for _, y in s.values if y is not None]
     if not ys:
-        return f'<p class="empty">{esc(title)}: nothing recorded.</p>'
+        return empty(f"{title}: nothing recorded.")
     x_lo, x_hi = min(xs), max(xs)
     if x_lo == x_hi:
         x_lo, x_hi = x_lo - 1, x_hi + 1
     y_lo, y_hi = y_range(ys, y_max)
-    frame = Frame(x_lo, x_hi, y_lo, y_hi)
-    x_ticks = nice_ticks(x_lo, x_hi, 8, integer=True)
+    frame = Frame(x_lo, x_hi, y_lo, y_hi, canvas)
+    x_ticks = nice_ticks(x_lo, x_hi, 8 if canvas.width >= CANVAS.width else 5, integer=True)
     body = frame.axes(nice_ticks(y_lo, y_hi), y_label, x_label)
-    body += [f'<text class="tick" x="{frame.x(t):.1f}" y="{HEIGHT - BOTTOM + 16}" '
-             f'text-anchor="middle">{esc(fmt_tick(t))}</text>' for t in x_ticks]
+    body += [f'<text class="tick" x="{frame.x(t):.1f}" y="{canvas.height - canvas.bottom + 16}"'
+             f' text-anchor="middle">{esc(fmt_tick(t))}</text>' for t in x_ticks]
     for s in series:
         style = (f'stroke="{s.color}" stroke-width="{s.width}" stroke-opacity="{s.opacity}"'
                  + (f' stroke-dasharray="{s.dash}"' if s.dash else ""))
@@ -245,8 +273,8 @@ def line_chart(title: str, series: Sequence[Series], *, x_label: str, y_label: s
             if len(segment) == 1 or markers:
                 body += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.8" fill="{s.color}" '
                          f'fill-opacity="{s.opacity}"/>' for px, py in segment]
-    body += legend([(s.name, s.color, s.dash) for s in series if s.legend])
-    return svg(title, body)
+    body += legend([(s.name, s.color, s.dash) for s in series if s.legend], canvas)
+    return svg(title, body, canvas)
 
 
 def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series], *,
@@ -258,17 +286,18 @@ def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series], *
     """
     values = [y for s in series for _, y in s.values if y is not None]
     if not categories or not values:
-        return f'<p class="empty">{esc(title)}: nothing recorded.</p>'
+        return empty(f"{title}: nothing recorded.")
     y_lo, y_hi = y_range([v / scale for v in values], None)
     frame = Frame(0, len(categories), y_lo, y_hi)
     body = frame.axes(nice_ticks(y_lo, y_hi), y_label, x_label)
-    slot = (WIDTH - LEFT - RIGHT) / len(categories)
+    slot = (CANVAS.width - CANVAS.left - CANVAS.right) / len(categories)
     bar = slot * 0.8 / len(series)
     label_every = math.ceil(len(categories) / 16)
     for i, category in enumerate(categories):
         if i % label_every == 0:
             body.append(f'<text class="tick" x="{frame.x(i + 0.5):.1f}" '
-                        f'y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{esc(category)}</text>')
+                        f'y="{CANVAS.height - CANVAS.bottom + 16}" '
+                        f'text-anchor="middle">{esc(category)}</text>')
     for j, s in enumerate(series):
         for i, (_, value) in enumerate(s.values):
             if value is None:
@@ -287,23 +316,143 @@ def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series], *
     return svg(title, body)
 
 
-# --- the report's sections ------------------------------------------------------------------
+# --- what a run's records say ---------------------------------------------------------------
 
 def evaluations(records: Sequence[Record]) -> list[tuple[int, Record]]:
+    """(round, evaluation) for every round that has one, in order."""
     return [(round_of(r, i), r["evaluation"]) for i, r in enumerate(records)
             if isinstance(r.get("evaluation"), dict)]
 
 
+def classes_of(evaluation: Mapping[str, Any]) -> list[str]:
+    classes = evaluation.get("classes")
+    if isinstance(classes, list) and classes:
+        return [str(c) for c in classes]
+    return list(AAMI_CLASSES)
+
+
+def class_metrics(evaluation: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """One class's entry of ``per_class`` (empty if absent)."""
+    return mapping(mapping(evaluation.get("per_class")).get(name))
+
+
+def final_epsilon(records: Sequence[Record]) -> list[float]:
+    """Each device's ε spent by the last round (the recorder carries it forward)."""
+    return [v for v in map(number, mapping(records[-1].get("epsilon")).values())
+            if v is not None] if records else []
+
+
+def total_bytes(records: Sequence[Record]) -> float:
+    return sum(number(r.get("bytes")) or 0.0 for r in records)
+
+
+# --- HTML pieces ----------------------------------------------------------------------------
+
+def numbers_table(head: Sequence[str], rows: Sequence[Sequence[str]], *,
+                  css_class: str = "numbers") -> str:
+    """A table with a header row; each row's first cell is a row header.
+
+    ``head`` is plain text; ``rows`` hold HTML (callers escape what came from the run).
+    """
+    header = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join(f"<tr><th>{row[0]}</th>" + "".join(f"<td>{cell}</td>" for cell in row[1:])
+                   + "</tr>" for row in rows)
+    return (f'<table class="{css_class}"><thead><tr>{header}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def pairs_table(pairs: Sequence[tuple[str, str]], *, css_class: str) -> str:
+    """A two-column table of (name, value), both plain text."""
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs)
+    return f'<table class="{css_class}"><tbody>{rows}</tbody></table>'
+
+
+def facts(pairs: Sequence[tuple[str, str]]) -> str:
+    """Headline figures as a row of boxes."""
+    return '<dl class="facts">' + "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>"
+                                         for k, v in pairs) + "</dl>"
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items += flatten(value, name + ".")
+        else:
+            items.append((name, value))
+    return items
+
+
+def config_text(value: Any) -> str:
+    """A configuration value as shown: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def synthetic_banner(detail: str) -> str:
+    return f'<div class="banner">{esc(SYNTHETIC_BANNER)}<small>{esc(detail)}</small></div>'
+
+
+def sections(parts: Sequence[tuple[str, str]]) -> str:
+    return "".join(f"<section><h2>{esc(title)}</h2>{content}</section>"
+                   for title, content in parts)
+
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #111;
+       max-width: 980px; margin: 0 auto; padding: 1.5em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em;
+     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.banner { background: #b00020; color: #fff; font-weight: 700; font-size: 1.3em;
+          padding: 0.6em 1em; border-radius: 4px; text-align: center; }
+.banner small { display: block; font-weight: 400; font-size: 0.7em; }
+.facts { display: flex; flex-wrap: wrap; gap: 0.6em; padding: 0; }
+.facts div { background: #f3f5f7; border-radius: 4px; padding: 0.4em 0.8em; }
+.facts dt { font-size: 0.8em; color: #555; } .facts dd { margin: 0; font-weight: 600; }
+.chart { width: 100%; max-width: 720px; height: auto; display: block; }
+.chart .grid { stroke: #e5e5e5; } .chart .axis { stroke: #333; }
+.chart text { font: 11px system-ui, sans-serif; fill: #333; } .chart .label { font-size: 12px; }
+table { border-collapse: collapse; margin: 0.6em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; }
+thead th { background: #f3f5f7; }
+.numbers td { text-align: right; font-variant-numeric: tabular-nums; }
+.confusion td.diagonal { font-weight: 700; outline: 2px solid #333; outline-offset: -2px; }
+.config td { font-family: ui-monospace, monospace; font-size: 0.9em; }
+.empty, .note { color: #555; font-style: italic; }
+.warning { color: #b00020; font-weight: 600; }
+.multiples { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr));
+             gap: 0.4em 1em; }
+.multiples figure { margin: 0; } .multiples figcaption { font-weight: 600; }
+.multiples .chart { max-width: 100%; }
+mark { background: #fff3b0; }
+"""
+
+
+def page(title: str, body: str, *, banner: str = "") -> str:
+    """A whole self-contained page: the banner (if any) above the title, then ``body``."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+            f"{banner}<h1>{esc(title)}</h1>{body}</body></html>\n")
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` beside ``path`` and rename it into place: readers never see half."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+# --- the report's sections ------------------------------------------------------------------
+
 def f1_chart(records: Sequence[Record]) -> str:
     evaluated = evaluations(records)
     if not evaluated:
-        return '<p class="empty">The global model was not evaluated in this run.</p>'
+        return empty("The global model was not evaluated in this run.")
     classes = classes_of(evaluated[-1][1])
-
-    def per_class_f1(ev: Record, name: str) -> float | None:
-        return number(mapping(mapping(ev.get("per_class")).get(name)).get("f1"))
-
-    series = [Series(f"F1 {name}", [(x, per_class_f1(ev, name)) for x, ev in evaluated],
+    series = [Series(f"F1 {name}", [(x, number(class_metrics(ev, name).get("f1")))
+                                    for x, ev in evaluated],
                      PALETTE[i % len(PALETTE)], width=1.5) for i, name in enumerate(classes)]
     series += [Series("macro-F1 NSVF", [(x, number(ev.get("macro_f1_nsvf")))
                                         for x, ev in evaluated], "#000000", width=3),
@@ -323,7 +472,7 @@ def epsilon_chart(records: Sequence[Record]) -> str:
     per_round = [(float(round_of(r, i)), mapping(r.get("epsilon"))) for i, r in enumerate(records)]
     devices = sorted({str(d) for _, eps in per_round for d in eps})
     if not devices:
-        return '<p class="empty">No privacy budget was recorded (differential privacy off).</p>'
+        return empty("No privacy budget was recorded (differential privacy off).")
     lines = {d: [(x, number(eps.get(d))) for x, eps in per_round] for d in devices}
     peak: list[tuple[float, float | None]] = []
     for x, eps in per_round:
@@ -366,51 +515,36 @@ def rejections_chart(records: Sequence[Record]) -> str:
     final = mapping(records[-1].get("rejections")) if records else {}
     reasons = sorted(final, key=lambda reason: (-(number(final[reason]) or 0), reason))
     if not reasons or not any(number(final[r]) for r in reasons):
-        return '<p class="empty">No updates were rejected.</p>'
+        return empty("No updates were rejected.")
     series = [Series("rejected", [(i, number(final[r])) for i, r in enumerate(reasons)],
                      PALETTE[3])]
     return bar_chart("Rejected updates by reason (whole run)", reasons, series,
                      x_label="reason", y_label="updates")
 
 
-def classes_of(evaluation: Mapping[str, Any]) -> list[str]:
-    classes = evaluation.get("classes")
-    if isinstance(classes, list) and classes:
-        return [str(c) for c in classes]
-    return list(AAMI_CLASSES)
-
-
 def aami_table(records: Sequence[Record]) -> str:
     evaluated = evaluations(records)
     if not evaluated:
-        return '<p class="empty">No evaluation: the run has no AAMI metrics to show.</p>'
+        return empty("No evaluation: the run has no AAMI metrics to show.")
     round_number, ev = evaluated[-1]
-    per_class = mapping(ev.get("per_class"))
-    rows = []
-    for name in classes_of(ev):
-        m = mapping(per_class.get(name))
-        cells = "".join(f"<td>{esc(fmt(m.get(key)))}</td>" for key in
-                        ("support", "sensitivity", "positive_predictivity", "f1",
-                         "specificity"))
-        rows.append(f"<tr><th>{esc(name)}</th>{cells}</tr>")
+    rows = [[esc(name), *(esc(fmt(class_metrics(ev, name).get(key))) for key in
+                          ("support", "sensitivity", "positive_predictivity", "f1",
+                           "specificity"))] for name in classes_of(ev)]
     summary = [("Accuracy", fmt(ev.get("accuracy"))),
                ("Macro-F1 (N, S, V, F)", fmt(ev.get("macro_f1_nsvf"))),
                ("Macro-F1 (N, S, V)", fmt(ev.get("macro_f1_nsv"))),
                ("Beats evaluated", fmt(ev.get("beats")))]
     data = f" on {esc(ev['data'])}" if ev.get("data") else ""
-    return (f'<p>Global model after round {round_number}{data}.</p>'
-            '<table class="numbers"><thead><tr><th>Class</th><th>Support</th><th>Se</th>'
-            '<th>+P</th><th>F1</th><th>Sp</th></tr></thead><tbody>' + "".join(rows)
-            + '</tbody></table><table class="numbers summary"><tbody>'
-            + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary)
-            + "</tbody></table>")
+    return (f"<p>Global model after round {round_number}{data}.</p>"
+            + numbers_table(("Class", "Support", "Se", "+P", "F1", "Sp"), rows)
+            + pairs_table(summary, css_class="numbers summary"))
 
 
 def confusion_table(records: Sequence[Record]) -> str:
     evaluated = evaluations(records)
     matrix = evaluated[-1][1].get("confusion_matrix") if evaluated else None
     if not isinstance(matrix, list) or not matrix:
-        return '<p class="empty">No confusion matrix recorded.</p>'
+        return empty("No confusion matrix recorded.")
     classes = classes_of(evaluated[-1][1])
     head = "".join(f"<th>{esc(c)}</th>" for c in classes)
     rows: list[str] = []
@@ -431,91 +565,45 @@ def confusion_table(records: Sequence[Record]) -> str:
             '<p class="note">Rows are the true classes; shading is the share of the row.</p>')
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            items += flatten(value, name + ".")
-        else:
-            items.append((name, value))
-    return items
-
-
 def config_table(config: Mapping[str, Any]) -> str:
     if not config:
-        return '<p class="empty">No configuration recorded.</p>'
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v if isinstance(v, str) else json.dumps(v))}"
-                   "</td></tr>" for k, v in flatten(config))
-    return f'<table class="config"><tbody>{rows}</tbody></table>'
+        return empty("No configuration recorded.")
+    return pairs_table([(k, config_text(v)) for k, v in flatten(config)], css_class="config")
 
 
 def summary(records: Sequence[Record]) -> str:
     evaluated = evaluations(records)
-    final_eps = [v for v in map(number, mapping(records[-1].get("epsilon")).values())
-                 if v is not None] if records else []
-    total_bytes = sum(number(r.get("bytes")) or 0.0 for r in records)
+    final_eps = final_epsilon(records)
     seconds = sum(number(r.get("seconds")) or 0.0 for r in records)
-    facts = [("Rounds", str(len(records))),
-             ("Final model version", fmt(records[-1].get("model_version")) if records else "—"),
-             ("Final macro-F1 (N, S, V, F)",
-              fmt(evaluated[-1][1].get("macro_f1_nsvf")) if evaluated else "not evaluated"),
-             ("Max ε spent", fmt(max(final_eps), 2) if final_eps else "—"),
-             ("Update bytes received", fmt_bytes(total_bytes)),
-             ("Round time", f"{seconds:.1f} s")]
-    return '<dl class="facts">' + "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>"
-                                         for k, v in facts) + "</dl>"
-
-
-CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #111;
-       max-width: 980px; margin: 0 auto; padding: 1.5em; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em;
-     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
-.banner { background: #b00020; color: #fff; font-weight: 700; font-size: 1.3em;
-          padding: 0.6em 1em; border-radius: 4px; text-align: center; }
-.banner small { display: block; font-weight: 400; font-size: 0.7em; }
-.facts { display: flex; flex-wrap: wrap; gap: 0.6em; padding: 0; }
-.facts div { background: #f3f5f7; border-radius: 4px; padding: 0.4em 0.8em; }
-.facts dt { font-size: 0.8em; color: #555; } .facts dd { margin: 0; font-weight: 600; }
-.chart { width: 100%; max-width: 720px; height: auto; display: block; }
-.chart .grid { stroke: #e5e5e5; } .chart .axis { stroke: #333; }
-.chart text { font: 11px system-ui, sans-serif; fill: #333; } .chart .label { font-size: 12px; }
-table { border-collapse: collapse; margin: 0.6em 0; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.7em; text-align: left; }
-thead th { background: #f3f5f7; }
-.numbers td { text-align: right; font-variant-numeric: tabular-nums; }
-.confusion td.diagonal { font-weight: 700; outline: 2px solid #333; outline-offset: -2px; }
-.config td { font-family: ui-monospace, monospace; font-size: 0.9em; }
-.empty, .note { color: #555; font-style: italic; }
-"""
+    return facts([("Rounds", str(len(records))),
+                  ("Final model version",
+                   fmt(records[-1].get("model_version")) if records else "—"),
+                  ("Final macro-F1 (N, S, V, F)",
+                   fmt(evaluated[-1][1].get("macro_f1_nsvf")) if evaluated else "not evaluated"),
+                  ("Max ε spent", fmt(max(final_eps), 2) if final_eps else "—"),
+                  ("Update bytes received", fmt_bytes(total_bytes(records))),
+                  ("Round time", f"{seconds:.1f} s")])
 
 
 def render(run_dir: Path, records: Sequence[Record], config: Mapping[str, Any]) -> str:
     """The report page as a string."""
     banner = ""
     if config.get("synthetic") is True:
-        banner = (f'<div class="banner">{esc(SYNTHETIC_BANNER)}<small>The devices trained '
-                  "and were evaluated on generated patients: these figures say nothing about "
-                  "arrhythmia detection on real ECG.</small></div>")
-    no_rounds = "" if records else '<p class="empty">No rounds were recorded.</p>'
-    sections = [("Per-class F1 and macro-F1", f1_chart(records)),
-                ("Training loss", loss_chart(records)),
-                ("Privacy budget spent", epsilon_chart(records)),
-                ("Update traffic", bytes_chart(records)),
-                ("Participation", participation_chart(records)),
-                ("Rejected updates", rejections_chart(records)),
-                ("Final AAMI metrics", aami_table(records)),
-                ("Confusion matrix", confusion_table(records)),
-                ("Run configuration", config_table(config))]
-    body = "".join(f"<section><h2>{esc(title)}</h2>{content}</section>"
-                   for title, content in sections)
-    title = f"fedbeat simulation — {run_dir.name}"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"{banner}<h1>{esc(title)}</h1>{no_rounds}{summary(records)}{body}"
-            "</body></html>\n")
+        banner = synthetic_banner("The devices trained and were evaluated on generated "
+                                  "patients: these figures say nothing about arrhythmia "
+                                  "detection on real ECG.")
+    no_rounds = "" if records else empty("No rounds were recorded.")
+    body = sections([("Per-class F1 and macro-F1", f1_chart(records)),
+                     ("Training loss", loss_chart(records)),
+                     ("Privacy budget spent", epsilon_chart(records)),
+                     ("Update traffic", bytes_chart(records)),
+                     ("Participation", participation_chart(records)),
+                     ("Rejected updates", rejections_chart(records)),
+                     ("Final AAMI metrics", aami_table(records)),
+                     ("Confusion matrix", confusion_table(records)),
+                     ("Run configuration", config_table(config))])
+    return page(f"fedbeat simulation — {run_dir.name}", no_rounds + summary(records) + body,
+                banner=banner)
 
 
 def write_report(run_dir: Path) -> Path:
@@ -526,10 +614,6 @@ def write_report(run_dir: Path) -> Path:
     :class:`ReportDataError`.
     """
     run_dir = Path(run_dir)
-    page = render(run_dir, read_metrics(run_dir / METRICS_NAME),
-                  read_config(run_dir / CONFIG_NAME))
-    path = run_dir / REPORT_NAME
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_atomic(run_dir / REPORT_NAME,
+                        render(run_dir, read_metrics(run_dir / METRICS_NAME),
+                               read_config(run_dir / CONFIG_NAME)))
