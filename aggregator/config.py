@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA
+from fedbeat.broker.tensors import COMPRESSIONS, is_compression
 from fedbeat.device.settings import (
     ConfigError,
     example_text,
@@ -64,6 +65,9 @@ class RoundsSection:
                               "or dpsgd (per-example clipping and noise in training)")
     clip_norm: float = setting(1.0, "DP clipping norm C")
     noise_multiplier: float = setting(0.0, "DP noise multiplier sigma (noise std = sigma * C)")
+    compression: str = setting("f32", "how devices encode their update: f32 (lossless), f16, i8 "
+                                      "(per-tensor scale) or topk:FRACTION (largest entries "
+                                      "only, e.g. topk:0.1)")
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,10 @@ class AggregatorConfig:
             (self.service.log_level in ("debug", "info", "warning", "error"),
              "service.log_level must be debug, info, warning or error"),
             (self.evaluation.split in ("ds1", "ds2"), "evaluation.split must be ds1 or ds2"),
+            (is_compression(r.compression), f"rounds.compression must be {COMPRESSIONS}"),
         ]
         require(checks)
+
 
 
 def load_config(path: Path) -> AggregatorConfig:

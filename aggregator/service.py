@@ -237,7 +237,8 @@ class AggregatorService:
         r = self.config.rounds
         seed = hashlib.sha256(f"{self.config.service.seed}/{round_id}".encode()).hexdigest()[:16]
         training = TrainingConfig(r.epochs, r.batch_size, r.learning_rate, r.optimizer,
-                                  r.fedprox_mu, r.dp_mode, r.clip_norm, r.noise_multiplier)
+                                  r.fedprox_mu, r.dp_mode, r.clip_norm, r.noise_multiplier,
+                                  r.compression)
         a = self.config.aggregation
         target = a.buffer_size if self.async_mode else r.target_participants
         return Announcement(round_id, model.version, model.params_sha256, int(deadline * 1000),

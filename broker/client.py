@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fedbeat.broker.chunks import DEFAULT_CHUNK_LIMIT, split
+from fedbeat.broker.netloop import NetworkLoop
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ AckHandler = Callable[[Delivery], None]
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
 _MQTT5_PACKET_HEADROOM = 512      # topic, properties and fixed header around a payload
+CLOSE_WAIT_S = 2.0               # a shared network loop gets this long to send DISCONNECT
 MAX_UNCLAIMED = 10_000            # messages held for a handler not yet registered
 
 
@@ -167,7 +170,9 @@ class MqttClient:
     def __init__(self, url: str, client_id: str, *, tls: TlsFiles | None = None,
                  will: Will | None = None, options: ClientOptions | None = None,
                  subscriptions: Mapping[str, Handler] | Mapping[str, AckHandler] | None = None,
-                 manual_ack: bool = False) -> None:
+                 manual_ack: bool = False, network: NetworkLoop | None = None) -> None:
+        """``network``: serve this client from a shared :class:`NetworkLoop` thread instead
+        of a thread of its own (a process hosting many clients)."""
         self.url = BrokerUrl.parse(url)
         if self.url.tls and tls is None:
             raise ValueError(f"{self.url.scheme} needs TLS files (the fleet CA at least)")
@@ -187,6 +192,8 @@ class MqttClient:
         self._lock = threading.Lock()
         self.max_packet_bytes: int | None = None
         self.protocol = ""
+        self.network = network
+        self._closing = False
         self._client = self._connect_any()
 
     # -- connection ------------------------------------------------------------------------
@@ -228,25 +235,41 @@ class MqttClient:
         self._connected.clear()
         self._answered.clear()
         self._connack = None
+        if self.network is not None:
+            self.network.attach(client, reconnect_min_s=self.options.reconnect_min_s,
+                                reconnect_max_s=self.options.reconnect_max_s)
         try:
             client.connect(self.url.host, self.url.port, self.options.keepalive_s,
                            clean_start=(self.options.clean_start if v5
                                         else mqtt.MQTT_CLEAN_START_FIRST_ONLY),
                            properties=properties)
         except (OSError, ssl.SSLError) as exc:
+            self._stop_network(client)
             raise BrokerConnectionError(self._explain(exc)) from None
-        client.loop_start()
+        if self.network is None:
+            client.loop_start()
         probing = v5 and self.options.protocol == "auto"
         self._answered.wait(self.options.mqtt5_probe_timeout_s if probing
                             else self.options.connect_timeout_s)
         if not self._connected.is_set():
-            client.loop_stop()
             client.disconnect()
+            self._stop_network(client)
             raise BrokerConnectionError(
                 f"{self.url} refused {self.client_id!r}: {self._connack or 'no answer'}; "
                 "check the client certificate, the broker's ACL and that it is a fleet broker")
         self.protocol = "5" if v5 else "3.1.1"
         return client
+
+    def _stop_network(self, client: mqtt.Client) -> None:
+        if self.network is None:
+            client.loop_stop()
+            return
+        # Let the shared loop send DISCONNECT and close the socket (a clean close: no last
+        # will), then stop serving the client.
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while client.socket() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.network.detach(client)
 
     def _explain(self, exc: BaseException) -> str:
         if isinstance(exc, ssl.SSLError):
@@ -283,6 +306,8 @@ class MqttClient:
                 client.subscribe(topic_filter, qos=qos)
         self._connected.set()
         self._answered.set()
+        if self.network is not None:
+            self.network.connected(client)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object,
                        flags: mqtt.DisconnectFlags, reason: ReasonCode,
@@ -292,8 +317,12 @@ class MqttClient:
             self._connack = f"connection closed ({reason})"
             self._answered.set()
             return
+        if self._closing:
+            return
         if reason.is_failure:
             log.warning("lost %s (%s); reconnecting with backoff", self.url, reason)
+        if self.network is not None:
+            self.network.connection_lost(client)
 
     def _on_message(self, client: mqtt.Client, userdata: object,
                     message: mqtt.MQTTMessage) -> None:
@@ -393,8 +422,9 @@ class MqttClient:
 
     def close(self) -> None:
         """Disconnect cleanly (no last will) and stop the network thread."""
+        self._closing = True
         self._client.disconnect()
-        self._client.loop_stop()
+        self._stop_network(self._client)
 
     def __enter__(self) -> MqttClient:
         return self

@@ -17,6 +17,7 @@ from typing import Any
 
 from fedbeat.broker import cbor
 from fedbeat.broker.errors import Rejected, RejectReason
+from fedbeat.broker.tensors import compressor_from_name
 
 ROUND_STATES = ("open", "closed", "aborted")
 
@@ -33,6 +34,7 @@ class TrainingConfig:
     dp_mode: str = "none"            # "none", "update" (clip + noise the update) or "dpsgd"
     clip_norm: float = 1.0
     noise_multiplier: float = 0.0
+    compression: str = "f32"          # how the update's tensors travel (broker/tensors.py)
 
     def validate(self) -> None:
         if not (1 <= self.epochs <= 1000 and 1 <= self.batch_size <= 65536):
@@ -43,6 +45,7 @@ class TrainingConfig:
             raise ValueError(f"dp_mode must be none, update or dpsgd, got {self.dp_mode!r}")
         if not (self.clip_norm > 0 and self.noise_multiplier >= 0):
             raise ValueError("clip_norm must be > 0 and noise_multiplier >= 0")
+        compressor_from_name(self.compression)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ class Announcement:
             fedprox_mu=cbor.field(training_map, "fedprox_mu", float, "training"),
             dp_mode=cbor.field(training_map, "dp_mode", str, "training"),
             clip_norm=cbor.field(training_map, "clip_norm", float, "training"),
-            noise_multiplier=cbor.field(training_map, "noise_multiplier", float, "training"))
+            noise_multiplier=cbor.field(training_map, "noise_multiplier", float, "training"),
+            compression=cbor.field(training_map, "compression", str, "training"))
         announcement = cls(
             round=cbor.bounded_int(body, "round", "round", lo=0, hi=2**53 - 1),
             model_version=cbor.bounded_int(body, "model_version", "round", lo=0, hi=2**53 - 1),

@@ -110,6 +110,34 @@ class TopK:
         return wire
 
 
+COMPRESSIONS = "f32, f16, i8 or topk:FRACTION (e.g. topk:0.1)"
+
+
+def compressor_from_name(spec: str) -> Compressor:
+    """The compressor a round configuration names; :data:`COMPRESSIONS` lists the forms.
+    Raises ``ValueError`` saying what is accepted."""
+    dense: dict[str, Float32 | Float16 | Int8] = {"f32": Float32(), "f16": Float16(),
+                                                  "i8": Int8()}
+    if spec in dense:
+        return dense[spec]
+    kind, _, fraction = spec.partition(":")
+    if kind == "topk":
+        try:
+            return TopK(float(fraction))
+        except ValueError:
+            pass
+    raise ValueError(f"compression must be {COMPRESSIONS}, got {spec!r}")
+
+
+def is_compression(spec: str) -> bool:
+    """Whether :func:`compressor_from_name` accepts ``spec`` (for settings validation)."""
+    try:
+        compressor_from_name(spec)
+    except ValueError:
+        return False
+    return True
+
+
 def encode_tensors(tensors: Mapping[str, np.ndarray], compressor: Compressor) -> list[Any]:
     """Wire list for ``tensors`` in their given order, each compressed by ``compressor``."""
     out = []

@@ -8,7 +8,7 @@ from typing import Any
 
 from fedbeat.device.settings import example_text, load_config_file, require, setting
 
-SOURCES = ("record", "csv", "serial", "synthetic")
+SOURCES = ("record", "csv", "serial", "synthetic", "beats")
 
 
 class SourceError(Exception):
@@ -44,13 +44,14 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    source: str = setting("record", "record (replay a WFDB record), csv, serial or synthetic")
-    path: str = setting("", "record: WFDB directory; csv: file; serial: port (e.g. "
+    source: str = setting("record", "record (replay a WFDB record), csv, serial, synthetic or "
+                                    "beats (labelled beats already cut, in a .npz file)")
+    path: str = setting("", "record: WFDB directory; csv or beats: file; serial: port (e.g. "
                             "/dev/ttyUSB0)")
     record: str = setting("100", "record: the record to replay")
     lead: str = setting("", "record: lead name (default MLII, else V5)")
-    speed: float = setting(1.0, "record/csv/synthetic: replay speed as a multiple of real time "
-                                "(0 = as fast as possible)")
+    speed: float = setting(1.0, "record/csv/synthetic/beats: replay speed as a multiple of "
+                                "real time (0 = as fast as possible)")
     labels: bool = setting(True, "record: use the record's annotations as labels (beats "
                                  "without labels are used for inference only)")
     rate_hz: float = setting(360.0, "csv/serial: sampling rate of the samples")
@@ -122,8 +123,8 @@ class DeviceConfig:
              "service.retry_min_s must be positive and at most retry_max_s"),
             (self.service.log_level in ("debug", "info", "warning", "error"),
              "service.log_level must be debug, info, warning or error"),
-            (self.data.source not in ("csv", "serial") or bool(self.data.path),
-             "data.path is required for csv and serial sources"),
+            (self.data.source not in ("csv", "serial", "beats") or bool(self.data.path),
+             "data.path is required for csv, serial and beats sources"),
         ]
         require(checks)
 

@@ -12,6 +12,7 @@ _BENCHMARKS = {
     "transport": "fedbeat.tools.bench_transport:transport",
     "ingest": "fedbeat.tools.bench_ingest:ingest",
     "device": "fedbeat.tools.bench_device:device",
+    "simulate": "fedbeat.tools.bench_simulate:simulate",
 }
 
 

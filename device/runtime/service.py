@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from fedbeat.broker.identity import DeviceIdentity
 from fedbeat.broker.messages import Receiver, Update, open_plain, seal_update, sign_plain
 from fedbeat.broker.model_body import ReceivedModel, receive_model
 from fedbeat.broker.rounds import Announcement, participates
+from fedbeat.broker.tensors import compressor_from_name
 from fedbeat.broker.topics import FleetTopics
 from fedbeat.device.config import DeviceConfig, SourceError
 from fedbeat.device.privacy.ledger import BudgetExhausted, PrivacyLedger, Spend
@@ -45,6 +47,7 @@ from fedbeat.device.runtime.outbox import Outbox
 from fedbeat.models.manifest import load_model_dir
 
 if TYPE_CHECKING:
+    from fedbeat.broker.netloop import NetworkLoop
     from fedbeat.device.ecg.stream import StreamBeats
     from fedbeat.device.runtime.sources import Source
     from fedbeat.device.trainer import Trainer
@@ -62,9 +65,10 @@ def open_source(config: DeviceConfig) -> Source:
     """The configured source; imported here because the signal pipeline pulls in scipy."""
     from fedbeat.device.runtime.sources import (
         SerialSource,
-        SyntheticSource,
+        beats_file_source,
         csv_source,
         record_source,
+        synthetic_source,
     )
 
     d = config.data
@@ -75,7 +79,9 @@ def open_source(config: DeviceConfig) -> Source:
         return csv_source(config.path(d.path), d.rate_hz, speed=d.speed)
     if d.source == "serial":
         return SerialSource(d.path, d.rate_hz)
-    return SyntheticSource(d.seed, speed=d.speed)
+    if d.source == "beats":
+        return beats_file_source(config.path(d.path), speed=d.speed)
+    return synthetic_source(d.seed, speed=d.speed)
 
 
 def require_tflite() -> None:
@@ -93,7 +99,13 @@ def require_tflite() -> None:
 class DeviceService:
     """One device; :meth:`start`, then :meth:`run` until stopped."""
 
-    def __init__(self, config: DeviceConfig) -> None:
+    def __init__(self, config: DeviceConfig, *, trainer: Trainer | None = None,
+                 network: NetworkLoop | None = None) -> None:
+        """``trainer``: an onnxruntime trainer for this model directory to use instead of
+        loading one; ``network``: a shared MQTT network thread. A fleet simulation hosts
+        hundreds of devices per process and steps them from one thread, so they can share
+        both (training never interleaves)."""
+        self.network = network
         self.config = config
         self.identity = DeviceIdentity.load(config.path(config.device.keys))
         self.me = self.identity.device_id
@@ -111,7 +123,7 @@ class DeviceService:
                                         self.model_dir.initial_params())
         # The trainer (onnxruntime) and the source (scipy's signal pipeline) are set up right
         # after connecting (:meth:`start`): a device is reachable as early as possible.
-        self.trainer: Trainer | None = None
+        self.trainer: Trainer | None = trainer
         self.source: Source | None = None
         self.store = BeatStore(state / "beats.sqlite", config.store.max_beats)
         self.outbox = Outbox(state / "outbox.sqlite", retry_min_s=config.service.retry_min_s,
@@ -147,15 +159,16 @@ class DeviceService:
         self.client = MqttClient(
             self.config.broker.url, self.me, tls=tls,
             will=Will(self.topics.status(self.me), self._status("offline")),
-            options=ClientOptions(protocol=self.config.broker.protocol),
+            options=ClientOptions(protocol=self.config.broker.protocol), network=self.network,
             subscriptions={self.topics.round: enqueue, self.topics.model: enqueue,
                            self.topics.model_chunks: enqueue,
                            self.topics.inbox(self.me): enqueue})
         log.info("%s connected to %s (MQTT %s); model v%d", self.me, self.client.url,
                  self.client.protocol, self.global_model.version)
-        from fedbeat.device.trainer import Trainer
+        if self.trainer is None:
+            from fedbeat.device.trainer import Trainer
 
-        self.trainer = Trainer(self.model_dir, threads=self.config.device.threads)
+            self.trainer = Trainer(self.model_dir, threads=self.config.device.threads)
         self.source = open_source(self.config)
         log.info("data: %s", self.source.name)
         if self.source.name.startswith("SYNTHETIC"):
@@ -165,15 +178,20 @@ class DeviceService:
     def run(self, stop: threading.Event, *, max_rounds: int = 0) -> None:
         """Until ``stop`` (or ``max_rounds`` trained rounds, for simulations and tests)."""
         while not stop.is_set():
-            for step in (self._ingest_beats, self._handle_messages, self._maybe_train,
-                         self._resend):
-                try:
-                    step()
-                except (sqlite3.OperationalError, OSError) as exc:
-                    self._storage_trouble(exc)
+            self.step()
             if max_rounds and self.rounds_trained >= max_rounds:
                 return
             stop.wait(LOOP_S)
+
+    def step(self) -> None:
+        """One pass of the device loop: new beats, messages, maybe a round, resends. Cheap
+        when nothing happened, so one thread can step many devices."""
+        for step in (self._ingest_beats, self._handle_messages, self._maybe_train,
+                     self._resend):
+            try:
+                step()
+            except (sqlite3.OperationalError, OSError) as exc:
+                self._storage_trouble(exc)
 
     def _storage_trouble(self, exc: Exception) -> None:
         """A full or failing disk: say so (at most once a minute) and keep running on what is
@@ -432,7 +450,7 @@ class DeviceService:
             balanced_class_weight,
         )
 
-        windows, rr, labels = self.store.labelled(self.config.training.max_beats)
+        windows, rr, labels = self._training_data()
         beats = self._runner().beats(windows, rr, labels)
         seed = int.from_bytes(hashlib.sha256(f"{self.me}/{a.round}".encode()).digest()[:4],
                               "big")
@@ -454,7 +472,7 @@ class DeviceService:
             return
         # A wearable trains only the classifier head on frozen features and sends just those
         # tensors (a partial update, merged per tensor by the aggregator).
-        tensors = {name: np.asarray(t) for name, t in result.update_tensors().items()}
+        tensors = self._update_tensors(result.update_tensors())
         if t.dp_mode == "update":
             noised = clip_and_noise(tensors, clip_norm=t.clip_norm,
                                     noise_multiplier=t.noise_multiplier)
@@ -478,7 +496,8 @@ class DeviceService:
                             round=a.round, model_version=version)
         data = seal_update(header, Update(len(labels), tensors, metrics),
                            signing_key=self.identity.signing_key,
-                           aggregator_key=self.identity.aggregator_sealing_key)
+                           aggregator_key=self.identity.aggregator_sealing_key,
+                           compressor=compressor_from_name(t.compression))
         topic = self.topics.update(self.me)
         self.outbox.add(header.nonce, a.round, topic, data)
         self.rounds_trained += 1
@@ -486,6 +505,15 @@ class DeviceService:
                  "tensors queued", a.round, len(labels), metrics["train_s"], metrics["loss"],
                  len(tensors), len(self.layout.names))
         self._resend()
+
+    def _training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The newest labelled beats (windows, RR features, labels) to train on."""
+        return self.store.labelled(self.config.training.max_beats)
+
+    def _update_tensors(self, update: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The tensors this device sends for a finished local training (before update-level
+        DP noise). A fleet simulation's attackers override this and the method above."""
+        return {name: np.asarray(t) for name, t in update.items()}
 
     def _resend(self) -> None:
         if self.client is None or not self.client.connected:

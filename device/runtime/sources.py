@@ -11,13 +11,15 @@ new class with ``poll`` and ``close``.
 from __future__ import annotations
 
 __all__ = [
+    "BeatsReplay",
     "SerialSource",
     "SignalReplay",
     "Source",
     "SourceError",
-    "SyntheticSource",
+    "beats_file_source",
     "csv_source",
     "record_source",
+    "synthetic_source",
 ]
 
 import time
@@ -122,25 +124,23 @@ def csv_source(path: Path, rate_hz: float, *, speed: float = 1.0) -> SignalRepla
     return SignalReplay(f"csv {path.name}", values, rate_hz, peaks=None, speed=speed)
 
 
-class SyntheticSource:
-    """A simulated patient's labelled beats (``device/ecg/synthetic.py``), paced like a heart.
-
-    Everything made from it is synthetic, and the daemon says so in its logs.
-    """
+class BeatsReplay:
+    """Beats that were already cut and labelled, paced like a heart (one every
+    :data:`BEAT_PERIOD_S` at speed 1; ``speed`` 0 hands them all over at once)."""
 
     labelled = True
 
-    def __init__(self, seed: int, *, speed: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.name = f"SYNTHETIC patient {seed}"
-        self.beats = synthetic_patient(seed)
+    def __init__(self, name: str, windows: np.ndarray, rr: np.ndarray, labels: np.ndarray, *,
+                 speed: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.windows, self.rr, self.labels = windows, rr, labels
         self.speed = speed
         self.clock = clock
         self.position = 0
         self.started = clock()
 
     def poll(self) -> StreamBeats | None:
-        total = len(self.beats.labels)
+        total = len(self.labels)
         if self.position >= total:
             return None
         if self.speed == 0:
@@ -149,12 +149,57 @@ class SyntheticSource:
             due = min(total, int((self.clock() - self.started) * self.speed / BEAT_PERIOD_S))
         start, self.position = self.position, max(self.position, due)
         keep = slice(start, self.position)
-        return StreamBeats(self.beats.windows[keep], self.beats.rr[keep],
+        return StreamBeats(self.windows[keep], self.rr[keep],
                            np.arange(start, self.position, dtype=np.int64),
-                           self.beats.labels[keep].astype(np.int64))
+                           self.labels[keep].astype(np.int64))
 
     def close(self) -> None:
         pass
+
+
+def synthetic_source(seed: int, *, speed: float = 1.0,
+                     clock: Callable[[], float] = time.monotonic) -> BeatsReplay:
+    """A simulated patient's labelled beats (``device/ecg/synthetic.py``).
+
+    Everything made from it is synthetic, and the daemon says so in its logs (the name starts
+    with ``SYNTHETIC``).
+    """
+    beats = synthetic_patient(seed)
+    return BeatsReplay(f"SYNTHETIC patient {seed}", beats.windows, beats.rr, beats.labels,
+                       speed=speed, clock=clock)
+
+
+def beats_file_source(path: Path, *, speed: float = 1.0) -> BeatsReplay:
+    """Labelled beats from a ``.npz`` file with ``windows`` (n, 128) float32, ``rr`` (n, 8)
+    float32 and ``labels`` (n,) integer AAMI classes 0–4: beats a Holter analysis already
+    cut and labelled, or one simulated device's share of a partitioned database."""
+    names = ("windows", "rr", "labels")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in names if k not in arrays.files]
+            if missing:
+                raise SourceError(f"[data] {path} has no array {', '.join(missing)}; a beats "
+                                  "file holds windows, rr and labels")
+            windows, rr, labels = (np.asarray(arrays[k]) for k in names)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"[data] cannot read {path} as a beats file (.npz): {exc}") from None
+    n = labels.shape[0] if labels.ndim == 1 else -1
+    if windows.ndim == 3 and windows.shape[1] == 1:
+        windows = windows[:, 0, :]
+    problems = [
+        (n >= 0, "labels must be one integer per beat"),
+        (windows.shape == (n, WINDOW_SAMPLES), f"windows must be ({n}, {WINDOW_SAMPLES})"),
+        (rr.shape == (n, len(RR_FEATURES)), f"rr must be ({n}, {len(RR_FEATURES)})"),
+        (np.issubdtype(labels.dtype, np.integer) and bool(np.all((labels >= 0) & (labels < 5))),
+         "labels must be AAMI class codes 0-4 (N S V F Q)"),
+        (bool(np.isfinite(windows).all() and np.isfinite(rr).all()),
+         "windows and rr must be finite"),
+    ]
+    for ok, what in problems:
+        if not ok:
+            raise SourceError(f"[data] {path}: {what}")
+    return BeatsReplay(f"beats file {path.name}", windows.astype(np.float32),
+                       rr.astype(np.float32), labels.astype(np.int64), speed=speed)
 
 
 class SerialSource:
