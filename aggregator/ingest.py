@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedbeat.aggregator.store import AcceptedUpdate, StateStore
-from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA, l2_norm_and_peak
-from fedbeat.aggregator.strategies.base import Aggregation, ClientUpdate
+from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA
+from fedbeat.aggregator.strategies.base import Aggregation, ClientUpdate, check_update
 from fedbeat.broker.envelope import MessageType
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.messages import Receiver, open_update
@@ -54,6 +54,7 @@ class Ingest:
                  store: StateStore, *, max_update_norm: float) -> None:
         self.receiver = receiver
         self.sealing_key = sealing_key
+        self.layout = layout
         self.shapes = dict(layout.entries)
         self.max_elements = layout.size
         self.store = store
@@ -74,32 +75,41 @@ class Ingest:
                                  open_round)
             opened = open_update(message, self.sealing_key, max_elements=self.max_elements,
                                  expected=self.shapes, allow_subset=True)
-            norm, peak = l2_norm_and_peak(list(opened.tensors.values()))
+            if aggregation is None:
+                raise Rejected(RejectReason.NOT_OPEN, "no round is open")
+            # One pass over the values: shapes, finiteness, norm and largest magnitude.
+            try:
+                checked = check_update(ClientUpdate(header.sender, opened.num_samples,
+                                                    opened.tensors, header.model_version),
+                                       self.layout)
+            except ValueError as exc:
+                raise Rejected(RejectReason.BAD_TENSOR, str(exc)) from None
             bound = update.max_norm or self.max_update_norm
-            if norm > bound:
-                raise Rejected(RejectReason.NORM_EXCEEDED, f"L2 norm {norm:.3g} above {bound:g}")
+            if checked.norm > bound:
+                raise Rejected(RejectReason.NORM_EXCEEDED,
+                               f"L2 norm {checked.norm:.3g} above {bound:g}")
             # Checked before the commit: the exact sum refuses such values, and an accepted
             # update must always fold.
-            if peak >= MAX_ABS_DELTA:
+            if checked.peak >= MAX_ABS_DELTA:
                 raise Rejected(RejectReason.BAD_TENSOR,
                                f"a value beyond ±{MAX_ABS_DELTA:g} (exact aggregation's range)")
-            if opened.num_samples < 1 or not opened.tensors:
-                raise Rejected(RejectReason.BAD_TENSOR, "an update needs samples and tensors")
+            try:       # whatever else the strategy would refuse (sample count, full buffer, …)
+                aggregation.admit(checked)
+            except ValueError as exc:
+                raise Rejected(RejectReason.BAD_TENSOR, str(exc)) from None
+            digest = hashlib.sha256(message.header_bytes)
+            digest.update(message.payload)
             accepted = AcceptedUpdate(
-                update.round_id, header.sender, header.nonce,
-                hashlib.sha256(message.header_bytes + message.payload).hexdigest(),
+                update.round_id, header.sender, header.nonce, digest.hexdigest(),
                 opened.num_samples, header.model_version, opened.metrics, opened.tensors,
                 len(message.header_bytes) + len(message.payload))
-            client_update = ClientUpdate(header.sender, opened.num_samples, opened.tensors,
-                                         header.model_version)
-            assert aggregation is not None
             if not self.store.accept(accepted):
                 raise Rejected(RejectReason.DUPLICATE, "already accepted in this round")
         except Rejected as rejected:
             self.receiver.rejections.add(rejected.reason)
             return Outcome(False, rejected.reason, rejected.detail, header.sender,
                            header.round, header.nonce)
-        aggregation.add(client_update)
+        aggregation.fold(checked)
         return Outcome(True, None, "", header.sender, header.round, header.nonce)
 
     def _check(self, device_id: str, round_id: int, model_version: int,

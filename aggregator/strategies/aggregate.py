@@ -41,8 +41,8 @@ _LOW_MASK = np.int64((1 << _LOW_BITS) - 1)
 _DIGIT_MASK = (1 << WEIGHT_DIGIT_BITS) - 1
 
 
-def quantize(values: np.ndarray, *, name: str) -> np.ndarray:
-    """Fixed-point int64 form ``rint(x · 2^30)`` of a float delta.
+def check_fixed_point_range(values: np.ndarray, *, name: str) -> None:
+    """Refuse values the exact sum cannot hold.
 
     Raises
     ------
@@ -50,7 +50,7 @@ def quantize(values: np.ndarray, *, name: str) -> np.ndarray:
         If any value is not finite or has ``|x| ≥ 64`` (the bound that keeps the exact sum from
         overflowing); the message names the tensor.
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = np.asarray(values)
     if x.size:
         peak = float(np.max(np.abs(x)))
         if not math.isfinite(peak):
@@ -58,22 +58,43 @@ def quantize(values: np.ndarray, *, name: str) -> np.ndarray:
         if peak >= MAX_ABS_DELTA:
             raise ValueError(f"{name}: update value {peak:.6g} is too large (|delta| must be "
                              f"below {MAX_ABS_DELTA:g}); bound update norms at ingest")
+
+
+def fixed_point(flat: np.ndarray) -> np.ndarray:
+    """``rint(x · 2^30)`` as int64 of float64 values already known to be finite with
+    ``|x| < 64`` (:func:`check_fixed_point_range`); ``flat`` is not modified."""
     # Scaling by a power of two is exact in float64; rint rounds half to even, deterministically.
-    return np.rint(x * _SCALE).astype(np.int64)
-
-
-def quantize_tensors(tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """:func:`quantize` of several tensors concatenated (one vector op instead of one per
-    tensor); on refusal the message names the first offending tensor."""
-    flat = np.concatenate([value.ravel() for value in tensors.values()])
-    lowest, highest = float(flat.min()), float(flat.max())
-    if not (lowest > -MAX_ABS_DELTA and highest < MAX_ABS_DELTA):  # also catches NaN
-        for name, value in tensors.items():
-            quantize(value, name=name)
-    x = flat.astype(np.float64)
-    x *= _SCALE
+    x = flat * _SCALE
     np.rint(x, out=x)
     return x.astype(np.int64)
+
+
+def quantize(values: np.ndarray, *, name: str) -> np.ndarray:
+    """Fixed-point int64 form ``rint(x · 2^30)`` of a float delta.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_fixed_point_range`.
+    """
+    check_fixed_point_range(values, name=name)
+    return fixed_point(np.asarray(values, dtype=np.float64))
+
+
+def concat_float64(tensors: list[np.ndarray]) -> np.ndarray:
+    """All values of several tensors, in order, as one new float64 vector (a single pass)."""
+    if not tensors:
+        return np.zeros(0, dtype=np.float64)
+    return np.concatenate([t.ravel() for t in tensors], dtype=np.float64)
+
+
+def norm_and_range(flat: np.ndarray) -> tuple[float, float, float]:
+    """L2 norm, smallest and largest value of a float64 vector; NaN anywhere makes all three
+    NaN. The norm is numpy's pairwise sum of squares, not BLAS, so it does not depend on the
+    BLAS build or its threads."""
+    if not flat.size:
+        return 0.0, 0.0, 0.0
+    return math.sqrt(float(np.sum(flat * flat))), float(flat.min()), float(flat.max())
 
 
 def weight_digits(weight: int) -> list[int]:
@@ -226,15 +247,6 @@ def l2_norm(tensors: list[np.ndarray]) -> float:
         x = t.astype(np.float64).ravel()
         total += float(np.sum(x * x))
     return math.sqrt(total)
-
-
-def l2_norm_and_peak(tensors: list[np.ndarray]) -> tuple[float, float]:
-    """The L2 norm over all values of several tensors and their largest magnitude, from one
-    float64 copy (ingest checks both on every update)."""
-    if not tensors:
-        return 0.0, 0.0
-    flat = np.concatenate([t.ravel() for t in tensors]).astype(np.float64)
-    return math.sqrt(float(np.sum(flat * flat))), float(np.max(np.abs(flat)))
 
 
 def clip_scale(norm: float, max_norm: float) -> float:

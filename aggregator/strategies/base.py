@@ -22,6 +22,8 @@ import numpy as np
 
 from fedbeat.models.params import ParamLayout
 
+from .aggregate import concat_float64, norm_and_range
+
 
 @dataclass(frozen=True)
 class ClientUpdate:
@@ -69,8 +71,33 @@ class AggregateResult:
     dropped: tuple[str, ...] = field(default=())
 
 
-def check_update(update: ClientUpdate, layout: ParamLayout) -> dict[str, np.ndarray]:
-    """Validate an update against the layout; return its tensors as C-contiguous float32.
+@dataclass(frozen=True)
+class CheckedUpdate:
+    """An update :func:`check_update` accepted, with what one pass over its values found.
+
+    Attributes
+    ----------
+    update
+        The update as given.
+    tensors
+        Its tensors as C-contiguous float32, in layout order.
+    flat
+        Their values concatenated in that order, as float64 (the fixed-point fold's input).
+    norm
+        L2 norm over all values (float64): the ingest's norm bound, and norm clipping.
+    peak
+        Largest magnitude of any value (the exact sum needs ``peak < 64``).
+    """
+
+    update: ClientUpdate
+    tensors: dict[str, np.ndarray]
+    flat: np.ndarray
+    norm: float
+    peak: float
+
+
+def check_update(update: ClientUpdate, layout: ParamLayout) -> CheckedUpdate:
+    """Validate an update against the layout, in one pass over its values.
 
     Raises
     ------
@@ -98,7 +125,6 @@ def check_update(update: ClientUpdate, layout: ParamLayout) -> dict[str, np.ndar
         raise ValueError(f"device {device}: tensors {unknown} are not in the model "
                          f"(known: {list(layout.names)})")
     out: dict[str, np.ndarray] = {}
-    total = 0.0
     for name, shape in layout.entries:  # layout order, whatever order the mapping has
         if name not in update.tensors:
             continue
@@ -109,22 +135,38 @@ def check_update(update: ClientUpdate, layout: ParamLayout) -> dict[str, np.ndar
         if value.dtype.kind != "f":
             raise ValueError(f"device {device}: tensor {name} has dtype {value.dtype}, "
                              "expected float32")
-        value = np.ascontiguousarray(value, dtype=np.float32)
-        # one float64 sum per tensor is finite exactly when every float32 value is (it cannot
-        # overflow): a single reduction instead of isfinite + all
-        total += float(np.sum(value, dtype=np.float64))
-        if not math.isfinite(total):
-            raise ValueError(f"device {device}: tensor {name} contains NaN or infinity")
-        out[name] = value
-    return out
+        out[name] = np.ascontiguousarray(value, dtype=np.float32)
+    # One float64 copy of all values, then three reductions over it: the sum of squares, min
+    # and max (NaN propagates into all three), instead of one reduction per tensor and check.
+    flat = concat_float64(list(out.values()))
+    norm, lowest, highest = norm_and_range(flat)
+    if not math.isfinite(norm):
+        for name, value in out.items():   # name the first offending tensor
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"device {device}: tensor {name} contains NaN or infinity")
+    return CheckedUpdate(update, out, flat, norm, max(-lowest, highest))
 
 
 class Aggregation(ABC):
-    """One round's (or one FedBuff buffer's) accumulator."""
+    """One round's (or one FedBuff buffer's) accumulator.
+
+    ``add(update)`` is ``fold(check_update(update, layout))``. A caller that must know an
+    update will fold before it commits to it (the aggregator's ingest: commit, then fold) calls
+    :func:`check_update` and :meth:`admit` first; :meth:`fold` of an admitted update does not
+    refuse it as long as nothing else was folded in between.
+    """
 
     @abstractmethod
     def add(self, update: ClientUpdate) -> None:
         """Fold one accepted update in; raises ValueError (and changes nothing) if refused."""
+
+    @abstractmethod
+    def admit(self, update: CheckedUpdate) -> None:
+        """Raise ValueError if :meth:`fold` would refuse ``update`` now; changes nothing."""
+
+    @abstractmethod
+    def fold(self, update: CheckedUpdate) -> None:
+        """:meth:`add` for an update that already passed :func:`check_update`."""
 
     @abstractmethod
     def __len__(self) -> int:
@@ -136,11 +178,11 @@ class Aggregation(ABC):
 
 
 class CheckedAggregation(Aggregation):
-    """Template for aggregations: validation and bookkeeping here, the math in two hooks.
+    """Template for aggregations: validation and bookkeeping here, the math in hooks.
 
-    ``add`` validates the update, refuses a second update from the same device, a model version
-    from the future, and additions after ``result``; then calls :meth:`_fold`. ``result`` refuses
-    an empty aggregation and caches :meth:`_finish`.
+    ``admit`` refuses an update after ``result``, a second update from the same device and a
+    model version from the future, then asks :meth:`_admit`; ``fold`` admits, then calls
+    :meth:`_fold`. ``result`` refuses an empty aggregation and caches :meth:`_finish`.
     """
 
     def __init__(self, layout: ParamLayout, current_version: int) -> None:
@@ -154,18 +196,25 @@ class CheckedAggregation(Aggregation):
         self._result: AggregateResult | None = None
 
     def add(self, update: ClientUpdate) -> None:
+        self.fold(check_update(update, self.layout))
+
+    def admit(self, update: CheckedUpdate) -> None:
         if self._result is not None:
             raise ValueError("this aggregation is finished; start the next one with begin()")
-        tensors = check_update(update, self.layout)
-        if update.device_id in self._devices:
-            raise ValueError(f"device {update.device_id} already contributed to this "
-                             "aggregation; one update per device")
-        if update.base_version > self.current_version:
-            raise ValueError(f"device {update.device_id} trained from model version "
-                             f"{update.base_version}, newer than the current "
+        device = update.update.device_id
+        if device in self._devices:
+            raise ValueError(f"device {device} already contributed to this aggregation; one "
+                             "update per device")
+        if update.update.base_version > self.current_version:
+            raise ValueError(f"device {device} trained from model version "
+                             f"{update.update.base_version}, newer than the current "
                              f"{self.current_version}")
-        self._fold(update, tensors)
-        self._devices.add(update.device_id)
+        self._admit(update)
+
+    def fold(self, update: CheckedUpdate) -> None:
+        self.admit(update)
+        self._fold(update)
+        self._devices.add(update.update.device_id)
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -177,9 +226,12 @@ class CheckedAggregation(Aggregation):
             self._result = self._finish()
         return self._result
 
+    def _admit(self, update: CheckedUpdate) -> None:
+        """Raise ValueError for what this rule refuses (default: nothing more)."""
+
     @abstractmethod
-    def _fold(self, update: ClientUpdate, tensors: dict[str, np.ndarray]) -> None:
-        """Take a validated update (tensors float32, in layout order); raise to refuse it."""
+    def _fold(self, update: CheckedUpdate) -> None:
+        """Take an admitted update; must not refuse it (refusals belong in :meth:`_admit`)."""
 
     @abstractmethod
     def _finish(self) -> AggregateResult:

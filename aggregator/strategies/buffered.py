@@ -16,7 +16,7 @@ import numpy as np
 
 from fedbeat.models.params import ParamLayout
 
-from .base import AggregateResult, Aggregation, CheckedAggregation, ClientUpdate, Strategy
+from .base import AggregateResult, Aggregation, CheckedAggregation, CheckedUpdate, Strategy
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,22 @@ class KeepAll(CheckedAggregation):
         self._strategy = strategy
         self._kept: list[KeptUpdate] = []
 
-    def _fold(self, update: ClientUpdate, tensors: dict[str, np.ndarray]) -> None:
-        if update.base_version != self.current_version:
-            raise ValueError(f"device {update.device_id} trained from model version "
-                             f"{update.base_version}; this round aggregates onto version "
+    def _admit(self, update: CheckedUpdate) -> None:
+        if update.update.base_version != self.current_version:
+            raise ValueError(f"device {update.update.device_id} trained from model version "
+                             f"{update.update.base_version}; this round aggregates onto version "
                              f"{self.current_version}")
-        kept = KeptUpdate(update.device_id, update.num_samples,
-                          {name: value.copy() for name, value in tensors.items()})
-        self._strategy.check_compatible(kept, self._kept)
-        self._kept.append(kept)
+        self._strategy.check_compatible(self._kept_form(update, copy=False), self._kept)
+
+    def _fold(self, update: CheckedUpdate) -> None:
+        self._kept.append(self._kept_form(update, copy=True))
+
+    @staticmethod
+    def _kept_form(update: CheckedUpdate, *, copy: bool) -> KeptUpdate:
+        tensors = update.tensors
+        return KeptUpdate(update.update.device_id, update.update.num_samples,
+                          {name: value.copy() for name, value in tensors.items()} if copy
+                          else tensors)
 
     def _finish(self) -> AggregateResult:
         ordered = sorted(self._kept, key=lambda u: u.device_id)

@@ -13,13 +13,21 @@ import numpy as np
 from fedbeat.models.params import ParamLayout
 
 from .aggregate import (
+    MAX_ABS_DELTA,
     accumulate_exact,
+    check_fixed_point_range,
     exact_mean,
-    quantize,
-    quantize_tensors,
+    fixed_point,
     weight_digits,
 )
-from .base import AggregateResult, Aggregation, CheckedAggregation, ClientUpdate, Strategy
+from .base import (
+    AggregateResult,
+    Aggregation,
+    CheckedAggregation,
+    CheckedUpdate,
+    ClientUpdate,
+    Strategy,
+)
 
 MAX_NUM_SAMPLES = 1 << 24
 """``num_samples`` must be below 2^24 so one weight digit keeps the exact sum in int64."""
@@ -44,22 +52,29 @@ class StreamingMean(CheckedAggregation):
         self._contributors: dict[str, int] = {}
         self._numerator_total = 0
 
-    def _fold(self, update: ClientUpdate, tensors: dict[str, np.ndarray]) -> None:
-        numerator, denominator = self._strategy.weights(update, self.current_version)
+    def _admit(self, update: CheckedUpdate) -> None:
+        weight_digits(self._strategy.weights(update.update, self.current_version)[0])
+        if not update.peak < MAX_ABS_DELTA:
+            for name, value in update.tensors.items():   # name the first offending tensor
+                check_fixed_point_range(value, name=name)
+
+    def _fold(self, update: CheckedUpdate) -> None:
+        numerator, denominator = self._strategy.weights(update.update, self.current_version)
         digits = weight_digits(numerator)
-        # Quantise everything first, so a refused tensor leaves the sums untouched.
-        if len(tensors) == len(self._slices):  # a full update: one vector op per step
-            q = quantize_tensors(tensors)
+        q = fixed_point(update.flat)         # one vector op for all tensors, in layout order
+        if len(update.tensors) == len(self._slices):
             parts = [(slice(0, self._size), q)]
-        else:
-            parts = [(self._slices[name], quantize(value, name=name).ravel())
-                     for name, value in tensors.items()]
+        else:                                # a partial update: each tensor to its own slice
+            parts, offset = [], 0
+            for name, value in update.tensors.items():
+                parts.append((self._slices[name], q[offset:offset + value.size]))
+                offset += value.size
         while len(self._sums) < len(digits):
             self._sums.append((np.zeros(self._size, np.int64), np.zeros(self._size, np.int64)))
         for (lo, hi), digit in zip(self._sums, digits, strict=False):
             for s, part in parts:
                 accumulate_exact(lo[s], hi[s], part, digit)
-        for name in tensors:
+        for name in update.tensors:
             self._denominators[name] = self._denominators.get(name, 0) + denominator
             self._contributors[name] = self._contributors.get(name, 0) + 1
         self._numerator_total += numerator

@@ -22,7 +22,7 @@ from typing import ClassVar
 from fedbeat.models.params import ParamLayout
 
 from .aggregate import staleness_weight
-from .base import Aggregation, ClientUpdate
+from .base import Aggregation, CheckedUpdate, ClientUpdate
 from .fedavg import FedAvg, StreamingMean
 
 STALENESS_BITS = 20
@@ -35,11 +35,11 @@ class _Buffer(StreamingMean):
         super().__init__(strategy, layout, current_version)
         self._capacity = strategy.buffer_size
 
-    def add(self, update: ClientUpdate) -> None:
+    def _admit(self, update: CheckedUpdate) -> None:
         if len(self) >= self._capacity:
             raise ValueError(f"the FedBuff buffer is full ({self._capacity} updates); take "
                              "result() and begin the next buffer")
-        super().add(update)
+        super()._admit(update)
 
 
 class FedBuff(FedAvg):

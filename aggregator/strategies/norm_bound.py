@@ -8,8 +8,15 @@ from typing import ClassVar
 
 from fedbeat.models.params import ParamLayout
 
-from .aggregate import clip_scale, l2_norm
-from .base import AggregateResult, Aggregation, ClientUpdate, Strategy, check_update
+from .aggregate import clip_scale
+from .base import (
+    AggregateResult,
+    Aggregation,
+    CheckedUpdate,
+    ClientUpdate,
+    Strategy,
+    check_update,
+)
 
 
 class _Clipping(Aggregation):
@@ -23,15 +30,25 @@ class _Clipping(Aggregation):
         """How many updates were scaled down (for logs)."""
 
     def add(self, update: ClientUpdate) -> None:
-        tensors = check_update(update, self._layout)
-        scale = clip_scale(l2_norm(list(tensors.values())), self._max_norm)
-        if scale < 1.0:
-            tensors = {name: (value.astype("float64") * scale).astype("float32")
-                       for name, value in tensors.items()}
-            update = ClientUpdate(update.device_id, update.num_samples, tensors,
-                                  update.base_version)
-        self._inner.add(update)
-        self.clipped += scale < 1.0
+        self.fold(check_update(update, self._layout))
+
+    def admit(self, update: CheckedUpdate) -> None:
+        self._inner.admit(self._clip(update))
+
+    def fold(self, update: CheckedUpdate) -> None:
+        clipped = self._clip(update)
+        self._inner.fold(clipped)
+        self.clipped += clipped is not update
+
+    def _clip(self, update: CheckedUpdate) -> CheckedUpdate:
+        scale = clip_scale(update.norm, self._max_norm)
+        if scale >= 1.0:
+            return update
+        tensors = {name: (value.astype("float64") * scale).astype("float32")
+                   for name, value in update.tensors.items()}
+        u = update.update
+        return check_update(ClientUpdate(u.device_id, u.num_samples, tensors, u.base_version),
+                            self._layout)
 
     def __len__(self) -> int:
         return len(self._inner)
