@@ -135,6 +135,10 @@ class AggregatorConfig:
              f"aggregation.max_update_norm must be in (0, {MAX_ABS_DELTA:g}): exact "
              f"aggregation represents each value in fixed point below {MAX_ABS_DELTA:g}"),
             (0 <= a.trim_fraction < 0.5, "aggregation.trim_fraction must be in [0, 0.5)"),
+            (a.strategy != "krum" or r.min_participants >= 2 * a.krum_byzantine + 3,
+             f"krum tolerating {a.krum_byzantine} malicious updates needs at least "
+             f"{2 * a.krum_byzantine + 3} per round (Blanchard et al. 2017: n >= 2f + 3): "
+             "raise rounds.min_participants or lower aggregation.krum_byzantine"),
             (self.service.log_level in ("debug", "info", "warning", "error"),
              "service.log_level must be debug, info, warning or error"),
             (self.evaluation.split in ("ds1", "ds2"), "evaluation.split must be ds1 or ds2"),

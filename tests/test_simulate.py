@@ -39,3 +39,72 @@ def test_a_small_synthetic_federation_runs_and_reports(tmp_path: Path, broker: s
     report = (out / "report.html").read_text()
     assert "SYNTHETIC" in report
     assert "<svg" in report
+
+
+def _lines(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_scenario_with_dropouts_stragglers_and_attackers_completes(tmp_path: Path) -> None:
+    scenario = tmp_path / "faulty.toml"
+    scenario.write_text("[fleet]\ndevices = 14\nrounds = 3\nbroker = 'embedded'\n"
+                        "[aggregation]\nstrategy = 'krum'\ndeadline_s = 20.0\n"
+                        "[faults]\ndropout = 0.2\nstraggler_median_s = 0.5\nmalicious = 0.15\n"
+                        "attack = 'scale'\nattack_scale = 50.0\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["simulate", "--synthetic", "--scenario", str(scenario),
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout)
+    lines = final["rounds"]
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert all(line["state"] == "closed" for line in lines)
+    # 20 % offline each round (seeded: the same devices every run) — some rounds miss devices.
+    assert sum(line["participants"] for line in lines) < 3 * 14
+    # Scaled by 50, the attackers' updates exceed the norm bound and are refused by name.
+    assert lines[-1]["rejections"].get("norm_exceeded", 0) >= 1
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["attackers"]) == 2
+    assert final["macro_f1"] is not None
+    assert set(final) >= {"macro_f1", "per_class", "rounds", "epsilon_max", "bytes_total",
+                          "report"}
+
+
+def test_devices_in_worker_processes_with_compression_and_dp(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["simulate", "--synthetic", "--devices", "6", "--rounds",
+                                      "2", "--workers", "2", "--broker", "embedded",
+                                      "--compression", "i8", "--dp", "dpsgd", "--sigma", "1.0",
+                                      "--partition", "iid", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout)
+    assert [line["participants"] for line in final["rounds"]] == [6, 6]
+    # int8 updates: about a quarter of the float32 bytes of the same model (plus framing).
+    params = np.frombuffer((out / "model" / "params.bin").read_bytes(), "<f4").size
+    assert final["rounds"][0]["bytes"] < 6 * params * 4 * 0.4
+    assert 0 < final["epsilon_max"] < 10
+    assert "devices-0" in (out / "simulation.log").read_text()      # a worker process logged
+
+
+def test_compare_runs_every_variant_on_the_same_data_into_one_report(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(cli, ["simulate", "--synthetic", "--devices", "3", "--rounds",
+                                      "2", "--broker", "embedded", "--compare",
+                                      "centralized,fedavg,fedavg+dp=1.0", "--out", str(out),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout)
+    assert set(final["variants"]) == {"centralized", "fedavg", "fedavg+dp=1.0"}
+    assert final["variants"]["fedavg"]["epsilon_max"] == 0.0
+    assert final["variants"]["fedavg+dp=1.0"]["epsilon_max"] > 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert [v["name"] for v in comparison["variants"]] == ["centralized", "fedavg",
+                                                          "fedavg+dp=1.0"]
+    report = (out / "report.html").read_text()
+    for name in final["variants"]:
+        assert name in report
+    # Same data: the centralized run trained on exactly the beats the devices held.
+    fed = json.loads((out / "fedavg" / "config.json").read_text())["device_classes"]
+    held = np.sum(list(fed.values()), axis=0)
+    central = json.loads((out / "centralized" / "config.json").read_text())
+    assert central["train_beats"] == int(held.sum())

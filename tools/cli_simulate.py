@@ -224,7 +224,9 @@ def _run_one(scenario: Any, run_dir: Path, role: str, listen: str, quiet: bool) 
                          f"updates, macro-F1 {f1 if f1 is None else round(f1, 3)}")
 
         if role == "aggregator":
-            stderr.print("aggregator role: devices join with --role devices (see --help)")
+            stderr.print(f"aggregator role: the broker's URL will be in {run_dir}/broker-url; "
+                         f"copy {run_dir} to the device hosts and run there: fedbeat simulate "
+                         f"--role devices --out {run_dir} --broker-url URL --shard i/n")
         run_simulation(scenario, run_dir, on_round, with_devices=role == "all", listen=listen)
     return final_metrics(run_dir)
 

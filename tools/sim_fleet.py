@@ -33,6 +33,7 @@ from fedbeat.broker.rounds import Announcement
 from fedbeat.device.config import DeviceConfig, load_device_config
 from fedbeat.device.runtime.service import LOOP_S, DeviceService
 from fedbeat.tools import partition
+from fedbeat.tools.errors import UsageError
 from fedbeat.tools.sim_scenario import FaultsSection, Scenario
 
 log = logging.getLogger("fedbeat.simulate")
@@ -88,12 +89,17 @@ def partition_pool(scenario: Scenario, labels: np.ndarray, groups: np.ndarray) -
 
 
 def write_device_data(scenario: Scenario, directory: Path) -> list[DeviceData]:
-    """One beats file per device in ``directory``; raises ``ValueError`` when the pool cannot
-    give every device beats (e.g. more devices than beats)."""
+    """One beats file per device in ``directory``; raises :class:`UsageError` when the pool
+    cannot give every device beats (e.g. more devices than beats)."""
     windows, rr, labels, groups = training_pool(scenario)
+    try:
+        parts = partition_pool(scenario, labels, groups)
+    except ValueError as exc:
+        raise UsageError(f"cannot deal {labels.size:,} beats to {scenario.fleet.devices:,} "
+                         f"devices ({scenario.fleet.partition}): {exc}") from None
     directory.mkdir(parents=True, exist_ok=True)
     shares = []
-    for i, index in enumerate(partition_pool(scenario, labels, groups)):
+    for i, index in enumerate(parts):
         path = directory / f"dev-{i:04d}.npz"
         np.savez(path, windows=windows[index], rr=rr[index], labels=labels[index])
         shares.append(DeviceData(path, tuple(sorted(set(groups[index].tolist()))),
@@ -121,6 +127,22 @@ def attackers(scenario: Scenario, devices: Sequence[str]) -> set[str]:
     return set(ranked[:scenario.attackers])
 
 
+def is_offline(seed: int, device: str, round_id: int, dropout: float) -> bool:
+    """Whether ``device`` is offline for ``round_id``: independent per (device, round) with
+    probability ``dropout``, and the same in every process and run with this seed."""
+    return _unit(seed, "dropout", device, round_id) < dropout
+
+
+def straggler_delay(seed: int, device: str, round_id: int, median_s: float,
+                    sigma: float) -> float:
+    """A log-normal delay with median ``median_s`` (``sigma`` of its logarithm): most devices
+    are prompt, a few are very late — what field deployments report."""
+    if median_s <= 0:
+        return 0.0
+    u = min(max(_unit(seed, "straggler", device, round_id), 1e-12), 1 - 1e-12)
+    return median_s * math.exp(sigma * NormalDist().inv_cdf(u))
+
+
 class SimDevice(DeviceService):
     """A device daemon with the scenario's faults and, if chosen, its attack."""
 
@@ -134,15 +156,12 @@ class SimDevice(DeviceService):
 
     def offline(self, round_id: int) -> bool:
         """Whether this device is offline for ``round_id`` (it neither trains nor answers)."""
-        return _unit(self.seed, "dropout", self.me, round_id) < self.faults.dropout
+        return is_offline(self.seed, self.me, round_id, self.faults.dropout)
 
     def delay_s(self, round_id: int) -> float:
-        """Seconds this device lags behind a round's announcement (log-normal stragglers)."""
-        median = self.faults.straggler_median_s
-        if median <= 0:
-            return 0.0
-        u = min(max(_unit(self.seed, "straggler", self.me, round_id), 1e-12), 1 - 1e-12)
-        return median * math.exp(self.faults.straggler_sigma * NormalDist().inv_cdf(u))
+        """Seconds this device lags behind a round's announcement."""
+        return straggler_delay(self.seed, self.me, round_id, self.faults.straggler_median_s,
+                               self.faults.straggler_sigma)
 
     def _maybe_train(self) -> None:
         a: Announcement | None = self.announcement
@@ -162,19 +181,28 @@ class SimDevice(DeviceService):
 
     def _update_tensors(self, update: Mapping[str, Any]) -> dict[str, np.ndarray]:
         tensors = super()._update_tensors(update)
-        if not self.malicious or self.faults.attack == "label-flip":
+        if not self.malicious:
             return tensors
-        k = self.faults.attack_scale
-        if self.faults.attack == "sign-flip":
-            return {n: -k * t for n, t in tensors.items()}
-        if self.faults.attack == "scale":
-            return {n: k * t for n, t in tensors.items()}
-        rng = np.random.default_rng(int(_unit(self.seed, "gaussian", self.me) * 2**32))
+        seed = int(_unit(self.seed, "gaussian", self.me, self.rounds_trained) * 2**32)
+        return poison(tensors, self.faults.attack, self.faults.attack_scale, seed)
+
+
+def poison(tensors: Mapping[str, np.ndarray], attack: str, k: float,
+           seed: int) -> dict[str, np.ndarray]:
+    """What an attacker sends instead of its honest update ``tensors`` (Δ): ``-k·Δ``
+    (sign-flip), ``k·Δ`` (scale), or Gaussian noise with ``k`` times Δ's norm (gaussian);
+    label-flip attackers send their update as trained (the lie is in the labels)."""
+    if attack == "sign-flip":
+        return {n: (-k * t).astype(np.float32) for n, t in tensors.items()}
+    if attack == "scale":
+        return {n: (k * t).astype(np.float32) for n, t in tensors.items()}
+    if attack == "gaussian":
+        rng = np.random.default_rng(seed)
         norm = math.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64)))
                              for t in tensors.values()))
-        size = sum(t.size for t in tensors.values())
-        std = k * norm / math.sqrt(max(1, size))
+        std = k * norm / math.sqrt(max(1, sum(t.size for t in tensors.values())))
         return {n: rng.normal(0.0, std, t.shape).astype(np.float32) for n, t in tensors.items()}
+    return dict(tensors)
 
 
 @dataclass(frozen=True)

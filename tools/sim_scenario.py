@@ -169,6 +169,9 @@ class Scenario:
                                      "attackers defeats every aggregation rule by definition"),
             (x.attack in ATTACKS, f"faults.attack must be {', '.join(ATTACKS)}"),
             (x.attack_scale > 0, "faults.attack_scale must be positive"),
+            (a.strategy != "krum" or f.devices >= 2 * max(1, self.attackers) + 3,
+             f"krum tolerating {max(1, self.attackers)} attackers needs at least "
+             f"{2 * max(1, self.attackers) + 3} devices (n >= 2f + 3)"),
         ])
 
 

@@ -37,6 +37,7 @@ from fedbeat.broker.launch import BrokerProcess, free_port
 from fedbeat.broker.mosquitto import MosquittoBroker, MosquittoConfig, find_mosquitto
 from fedbeat.device.config import example_device_config
 from fedbeat.tools import pki
+from fedbeat.tools.errors import UsageError
 from fedbeat.tools.sim_fleet import (
     DeviceData,
     FleetHost,
@@ -51,6 +52,7 @@ FLEET = "sim"
 CONFIG_NAME = "config.json"
 SCENARIO_NAME = "scenario.toml"
 LOG_NAME = "simulation.log"
+BROKER_URL_NAME = "broker-url"
 
 OnRound = Callable[[dict[str, Any]], None]
 
@@ -107,7 +109,17 @@ def expected_participants(scenario: Scenario, devices: int) -> tuple[int, int]:
     p = scenario.aggregation.participation * (1 - scenario.faults.dropout)
     mean = devices * p
     target = devices if p >= 1 else max(1, math.floor(mean - 2 * math.sqrt(mean * (1 - p))))
-    return max(1, target // 2), target
+    minimum = max(1, target // 2)
+    if scenario.aggregation.strategy == "krum":
+        # Multi-Krum tolerates f attackers only among n >= 2f + 3 updates.
+        minimum = min(devices, max(minimum, 2 * krum_byzantine(scenario) + 3))
+        target = max(target, minimum)
+    return minimum, target
+
+
+def krum_byzantine(scenario: Scenario) -> int:
+    """The f that Multi-Krum is told to tolerate: the scenario's attackers (at least 1)."""
+    return max(1, scenario.attackers)
 
 
 def _aggregator_config(scenario: Scenario, fleet: Fleet, url: str) -> Path:
@@ -127,7 +139,7 @@ def _aggregator_config(scenario: Scenario, fleet: Fleet, url: str) -> Path:
         "aggregation.strategy": a.strategy, "aggregation.server_optimizer": a.server_optimizer,
         "aggregation.server_lr": a.server_lr, "aggregation.max_update_norm": a.max_update_norm,
         "aggregation.norm_bound": a.norm_bound, "aggregation.buffer_size": a.buffer_size,
-        "aggregation.krum_byzantine": max(1, scenario.attackers),
+        "aggregation.krum_byzantine": krum_byzantine(scenario),
         "evaluation.data": ("synthetic" if scenario.synthetic
                             else str(Path(scenario.fleet.data).resolve())),
         "evaluation.split": "ds2", "service.seed": scenario.fleet.seed}), encoding="utf-8")
@@ -162,7 +174,7 @@ def _broker(scenario: Scenario, fleet: Fleet, listen: str) -> Iterator[tuple[str
         url, protocol = broker.tls_url, "auto"
     else:
         if listen:
-            raise ValueError("--listen needs Mosquitto: the embedded broker is loopback-only "
+            raise UsageError("--listen needs Mosquitto: the embedded broker is loopback-only "
                              "and unencrypted (install mosquitto)")
         embedded = EmbeddedBroker(log_path=fleet.out / "broker.log")
         embedded.start()
@@ -294,6 +306,7 @@ def run_simulation(scenario: Scenario, out: Path, on_round: OnRound = lambda lin
     """
     fleet = prepare(scenario, out, broker_hosts=(listen,) if listen else ())
     with _logging_to(out / LOG_NAME), _broker(scenario, fleet, listen) as (url, protocol):
+        (out / BROKER_URL_NAME).write_text(url + "\n", encoding="utf-8")
         _device_configs(scenario, fleet, url, protocol)
         aggregator = AggregatorService(load_config(_aggregator_config(scenario, fleet, url)))
         stop = threading.Event()

@@ -82,7 +82,8 @@ def test_sockets_above_descriptor_1023_work(mosquitto_tls: MosquittoBroker,
                             options=ClientOptions(clean_start=True))
         try:
             sock = client._client.socket()
-            assert sock is not None and sock.fileno() >= 1024
+            assert sock is not None
+            assert sock.fileno() >= 1024
             inbox = _inbox(client, "netloop/high")
             client.publish("netloop/high", b"above select's limit")
             assert inbox.get(timeout=TIMEOUT_S) == b"above select's limit"

@@ -25,7 +25,8 @@ def test_a_beats_file_is_replayed_in_order_then_ends(tmp_path: Path) -> None:
     np.savez(path, **arrays)
     source = beats_file_source(path, speed=0)
     got = source.poll()
-    assert got is not None and got.labels is not None
+    assert got is not None
+    assert got.labels is not None
     np.testing.assert_array_equal(got.windows, arrays["windows"])
     np.testing.assert_array_equal(got.rr, arrays["rr"])
     np.testing.assert_array_equal(got.labels, arrays["labels"])
@@ -36,10 +37,12 @@ def test_paced_beats_arrive_like_a_heartbeat() -> None:
     now = [0.0]
     source = synthetic_source(3, speed=1.0, clock=lambda: now[0])
     first = source.poll()
-    assert first is not None and len(first) == 0
+    assert first is not None
+    assert len(first) == 0
     now[0] = 8.0                                    # 8 s at 0.8 s a beat
     second = source.poll()
-    assert second is not None and len(second) == 10
+    assert second is not None
+    assert len(second) == 10
     assert source.name.startswith("SYNTHETIC")
 
 
