@@ -32,7 +32,7 @@ import numpy as np
 
 from fedbeat.aggregator.config import AggregatorConfig, ConfigError
 from fedbeat.aggregator.evaluation import SYNTHETIC, Evaluator
-from fedbeat.aggregator.ingest import Ingest, OpenRound, Outcome
+from fedbeat.aggregator.ingest import GROUP_COMMIT, Ingest, OpenRound, Outcome
 from fedbeat.aggregator.model_message import publish_model
 from fedbeat.aggregator.model_store import ModelStore, ModelVersion
 from fedbeat.aggregator.rounds import Decision, RoundPolicy, abort_reason, decide
@@ -352,8 +352,12 @@ class AggregatorService:
     # -- ingest ------------------------------------------------------------------------------
 
     def _on_update(self, delivery: Delivery) -> None:
-        if is_chunk(delivery.payload):
-            delivery.ack()
+        deliveries = [delivery]            # and whatever else is already waiting: one commit
+        while len(deliveries) < GROUP_COMMIT and not self.inbox.empty():
+            deliveries.append(self.inbox.get_nowait())
+        for d in deliveries:
+            if is_chunk(d.payload):
+                d.ack()
         open_round = None
         if self.round is not None:
             ann = self.round.announcement
@@ -362,21 +366,22 @@ class AggregatorService:
                 ann["participation_fraction"],
                 self.config.aggregation.max_staleness if self.async_mode else None,
                 self._noised_norm_bound(ann["training"]))
-        outcome = self.ingest.process(delivery.topic, delivery.payload, open_round,
-                                      self.aggregation)
-        if outcome is not None:
-            if outcome.accepted:
-                log.info("round %s: accepted update from %s (%d in)", outcome.round_id,
-                         outcome.device_id, len(self.aggregation or ()))
-                self._crash_point("after-accept")
-            else:
-                assert outcome.reason is not None
-                self.store.record_rejection(outcome.reason.value, outcome.device_id)
-                log.warning("rejected update from %s: %s (%s)", outcome.device_id or "?",
-                            outcome.reason.value, outcome.detail)
-            self._receipt(outcome)
-        if not is_chunk(delivery.payload):
-            delivery.ack()
+        outcomes = self.ingest.process_many([(d.topic, d.payload) for d in deliveries],
+                                            open_round, self.aggregation)
+        for d, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome is not None:
+                if outcome.accepted:
+                    log.info("round %s: accepted update from %s (%d in)", outcome.round_id,
+                             outcome.device_id, len(self.aggregation or ()))
+                    self._crash_point("after-accept")
+                else:
+                    assert outcome.reason is not None
+                    self.store.record_rejection(outcome.reason.value, outcome.device_id)
+                    log.warning("rejected update from %s: %s (%s)", outcome.device_id or "?",
+                                outcome.reason.value, outcome.detail)
+                self._receipt(outcome)
+            if not is_chunk(d.payload):
+                d.ack()
 
     def _noised_norm_bound(self, training: dict[str, Any]) -> float | None:
         """With update-level DP a device adds N(0, σ²C²) to every coordinate of its clipped

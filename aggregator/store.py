@@ -20,6 +20,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,26 +211,46 @@ class StateStore:
 
     # -- updates -----------------------------------------------------------------------------
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around several :meth:`accept` calls (group commit): their rows
+        commit together when the block ends, or none of them if it raises.
+
+        Until then nothing is durable: acknowledge none of these updates before the block
+        has returned.
+        """
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            yield
+
     def accept(self, update: AcceptedUpdate) -> bool:
-        """Record an accepted update; False if this device already has one in the round."""
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute(
-                    "INSERT INTO accepted (round_id, device_id, nonce, digest, num_samples, "
-                    "base_version, accepted_at, metrics, tensors, bytes) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (update.round_id, update.device_id, update.nonce, update.digest,
-                     update.num_samples, update.base_version, time.time(),
-                     json.dumps(update.metrics), encode_tensors(update.tensors), update.bytes))
-                self.db.execute(
-                    "INSERT INTO devices (device_id, accepted, last_seen, epsilon) "
-                    "VALUES (?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
-                    "accepted = accepted + 1, last_seen = excluded.last_seen, "
-                    "epsilon = COALESCE(excluded.epsilon, epsilon)",
-                    (update.device_id, time.time(), update.metrics.get("epsilon")))
-        except sqlite3.IntegrityError:
+        """Record an accepted update; False if this device already has one in the round.
+
+        Commits at once, or with the enclosing :meth:`transaction`.
+        """
+        if self.db.in_transaction:
+            return self._insert(update)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self._insert(update)
+
+    def _insert(self, update: AcceptedUpdate) -> bool:
+        inserted = self.db.execute(
+            "INSERT INTO accepted (round_id, device_id, nonce, digest, num_samples, "
+            "base_version, accepted_at, metrics, tensors, bytes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (round_id, device_id) DO NOTHING",
+            (update.round_id, update.device_id, update.nonce, update.digest,
+             update.num_samples, update.base_version, time.time(),
+             json.dumps(update.metrics), encode_tensors(update.tensors), update.bytes))
+        if inserted.rowcount != 1:
             return False
+        self.db.execute(
+            "INSERT INTO devices (device_id, accepted, last_seen, epsilon) "
+            "VALUES (?, 1, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+            "accepted = accepted + 1, last_seen = excluded.last_seen, "
+            "epsilon = COALESCE(excluded.epsilon, epsilon)",
+            (update.device_id, time.time(), update.metrics.get("epsilon")))
         return True
 
     def has_update(self, round_id: int, device_id: str) -> bool:

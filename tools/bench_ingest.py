@@ -4,17 +4,22 @@ Three measurements on pre-generated updates (sealed and signed by a throw-away f
 ``--devices`` keys before any timing; ``--updates`` in all, spread over rounds so that each
 (device, round) is accepted once):
 
-* **Full path** — :meth:`Ingest.process <fedbeat.aggregator.ingest.Ingest.process>` exactly as
-  the service runs it: verify (parse, key lookup, Ed25519, replay) → HPKE open → strict decode →
-  validate → commit the row to SQLite (WAL, ``synchronous=NORMAL``) → fold into FedAvg's exact
-  streaming sums. ``updates_per_s`` is this figure. Beside it, in the same repeat, the same path
-  with the store replaced by an in-memory set (``updates_per_s_without_store``), so the cost of
-  the commit is a ratio measured under the same load.
+* **Full path** — :meth:`Ingest.process_many <fedbeat.aggregator.ingest.Ingest.process_many>`
+  exactly as the service runs it when updates wait in its queue (groups of
+  :data:`~fedbeat.aggregator.ingest.GROUP_COMMIT`, one commit each): verify (parse, key lookup,
+  Ed25519, replay) → HPKE open → strict decode → validate (one pass: shapes, finite values,
+  norm, largest value; the strategy admits it) → write the row to SQLite (WAL,
+  ``synchronous=NORMAL``) → fold into FedAvg's exact streaming sums → commit.
+  ``updates_per_s`` is this figure. Beside it, in the same repeat, the same path with one
+  commit per update (``updates_per_s_one_commit_each``: the service when updates arrive one at
+  a time) and with the store replaced by an in-memory set (``updates_per_s_without_store``),
+  so the cost of the commit is a ratio measured under the same load.
 * **Stages** — the pieces called one after another on the same updates, each timed over all of
   them: ``verify`` (:meth:`Receiver.receive`), ``open`` (HPKE), ``decode`` (CBOR and tensors),
-  ``validate`` (the ingest's norm bound and checks), ``store`` (digest, duplicate check and the
-  SQLite commit) and ``accumulate`` (``Aggregation.add``: the strategy's own shape/finiteness
-  check and the fixed-point fold). Their sum is compared with the full path.
+  ``validate`` (round checks, ``check_update``'s single pass, norm bound, ``admit``), ``store``
+  (duplicate check, digest and the SQLite rows, committed in the same groups) and
+  ``accumulate`` (``Aggregation.fold``: the fixed-point fold). Their sum is compared with the
+  full path.
 * **Memory** — peak traced Python/numpy memory (``tracemalloc``) while N updates go through the
   full path into one round's aggregation and ``result()`` is taken, for FedAvg (streaming, flat
   in N) and the robust rules (which keep every update: O(N · model)). SQLite's own page cache is
@@ -26,6 +31,7 @@ alternate within each repeat so that load from other processes hits them alike.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import math
@@ -33,7 +39,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +48,11 @@ import click
 import numpy as np
 from rich.table import Table
 
-from fedbeat.aggregator.ingest import Ingest, OpenRound
+from fedbeat.aggregator.ingest import GROUP_COMMIT, Ingest, OpenRound
 from fedbeat.aggregator.store import AcceptedUpdate, StateStore
 from fedbeat.aggregator.strategies import Aggregation, ClientUpdate, Strategy, create_strategy
+from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA
+from fedbeat.aggregator.strategies.base import CheckedUpdate, check_update
 from fedbeat.broker import crypto
 from fedbeat.broker.envelope import Header, MessageType, SignedMessage
 from fedbeat.broker.identity import AggregatorIdentity, DeviceIdentity
@@ -94,6 +102,10 @@ class MemoryStore(StateStore):
 
     def __init__(self) -> None:  # deliberately no database
         self._accepted: set[tuple[int, str]] = set()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        yield
 
     def accept(self, update: AcceptedUpdate) -> bool:
         key = (update.round_id, update.device_id)
@@ -174,8 +186,10 @@ class PathRun:
     rejected: dict[str, int]
 
 
-def run_full_path(workload: Workload, store: StateStore, strategy: str = "fedavg") -> PathRun:
-    """Every update through ``Ingest.process``, one round after another; timed."""
+def run_full_path(workload: Workload, store: StateStore, strategy: str = "fedavg", *,
+                  group: int = GROUP_COMMIT) -> PathRun:
+    """Every update through ``Ingest.process_many`` in groups of ``group`` (one commit each),
+    one round after another; timed."""
     aggregator = AggregatorIdentity.load(workload.keys)
     ingest = Ingest(_receiver(workload.keys), aggregator.sealing_key, workload.layout, store,
                     max_update_norm=MAX_UPDATE_NORM)
@@ -187,14 +201,16 @@ def run_full_path(workload: Workload, store: StateStore, strategy: str = "fedavg
     gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
     for open_round, aggregation, messages in rounds:
-        for topic, payload in messages:
-            outcome = ingest.process(topic, payload, open_round, aggregation)
-            if outcome is not None and outcome.accepted:
-                accepted += 1
-            else:
-                reason = "incomplete" if outcome is None or outcome.reason is None \
-                    else outcome.reason.value
-                rejected[reason] = rejected.get(reason, 0) + 1
+        for start in range(0, len(messages), group):
+            outcomes = ingest.process_many(messages[start:start + group], open_round,
+                                           aggregation)
+            for outcome in outcomes:
+                if outcome is not None and outcome.accepted:
+                    accepted += 1
+                else:
+                    reason = "incomplete" if outcome is None or outcome.reason is None \
+                        else outcome.reason.value
+                    rejected[reason] = rejected.get(reason, 0) + 1
     seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     return PathRun(seconds, cpu_seconds, accepted, rejected)
 
@@ -209,8 +225,8 @@ def _timed(fn: Callable[[], list[Any]]) -> tuple[tuple[float, float], list[Any]]
 def run_stages(workload: Workload, store: StateStore) -> dict[str, tuple[float, float]]:
     """(Wall, CPU) seconds per stage over all updates, each fed by the previous one's output.
 
-    The calls are those of ``Ingest.process``; ``validate`` mirrors its checks (round, model
-    version, participation, samples, the float64 L2 norm bound).
+    The calls are those of ``Ingest.process_many``; ``validate`` mirrors its checks (round,
+    model version, participation, ``check_update``, the norm and peak bounds, ``admit``).
     """
     aggregator = AggregatorIdentity.load(workload.keys)
     receiver = _receiver(workload.keys)
@@ -240,37 +256,40 @@ def run_stages(workload: Workload, store: StateStore) -> dict[str, tuple[float, 
         decode_update(p, max_elements=max_elements, expected=shapes, allow_subset=True)
         for p in plaintexts])
 
-    def validate() -> list[bool]:
+    def validate() -> list[CheckedUpdate]:
         out = []
         for (round_id, _, _), message, update in zip(items, messages, updates, strict=True):
             header = message.header
             open_round = workload.open_round(round_id)
-            norm = math.sqrt(sum(float(np.dot(t.ravel().astype(np.float64),
-                                              t.ravel().astype(np.float64)))
-                                 for t in update.tensors.values()))
-            out.append(header.round == open_round.round_id
-                       and header.model_version == open_round.model_version
-                       and participates(header.sender, header.round,
-                                        open_round.participation_seed,
-                                        open_round.participation_fraction)
-                       and norm <= MAX_UPDATE_NORM and update.num_samples >= 1
-                       and bool(update.tensors))
+            ok = (header.round == open_round.round_id
+                  and header.model_version == open_round.model_version
+                  and participates(header.sender, header.round, open_round.participation_seed,
+                                   open_round.participation_fraction))
+            checked = check_update(ClientUpdate(header.sender, update.num_samples,
+                                                update.tensors, header.model_version),
+                                   workload.layout)
+            if not (ok and checked.norm <= MAX_UPDATE_NORM and checked.peak < MAX_ABS_DELTA):
+                raise RuntimeError("a generated update failed validation")
+            aggregations[round_id - 1].admit(checked)
+            out.append(checked)
         return out
 
-    seconds["validate"], valid = _timed(validate)
-    if not all(valid):
-        raise RuntimeError("a generated update failed validation")
+    seconds["validate"], checked_updates = _timed(validate)
 
     def commit() -> list[bool]:
         out = []
-        for message, update in zip(messages, updates, strict=True):
-            header = message.header
-            fresh = not store.has_update(header.round, header.sender)
-            row = AcceptedUpdate(header.round, header.sender, header.nonce,
-                                 hashlib.sha256(message.header_bytes + message.payload)
-                                 .hexdigest(), update.num_samples, header.model_version,
-                                 update.metrics, update.tensors)
-            out.append(fresh and store.accept(row))
+        for start in range(0, len(messages), GROUP_COMMIT):
+            with store.transaction():
+                for message, update in zip(messages[start:start + GROUP_COMMIT],
+                                           updates[start:start + GROUP_COMMIT], strict=True):
+                    header = message.header
+                    fresh = not store.has_update(header.round, header.sender)
+                    digest = hashlib.sha256(message.header_bytes)
+                    digest.update(message.payload)
+                    row = AcceptedUpdate(header.round, header.sender, header.nonce,
+                                         digest.hexdigest(), update.num_samples,
+                                         header.model_version, update.metrics, update.tensors)
+                    out.append(fresh and store.accept(row))
         return out
 
     seconds["store"], committed = _timed(commit)
@@ -278,10 +297,8 @@ def run_stages(workload: Workload, store: StateStore) -> dict[str, tuple[float, 
         raise RuntimeError("the store refused a generated update")
 
     def accumulate() -> list[None]:
-        for (round_id, _, _), message, update in zip(items, messages, updates, strict=True):
-            aggregations[round_id - 1].add(ClientUpdate(
-                message.header.sender, update.num_samples, update.tensors,
-                message.header.model_version))
+        for (round_id, _, _), checked in zip(items, checked_updates, strict=True):
+            aggregations[round_id - 1].fold(checked)
         return []
 
     seconds["accumulate"], _ = _timed(accumulate)
@@ -326,14 +343,21 @@ def measure(work: Path, workload: Workload, *, repeats: int, memory_counts: Sequ
     """The whole benchmark on a built workload (see the module docstring)."""
     n = workload.count
     full: list[PathRun] = []
+    single: list[PathRun] = []
     bare: list[PathRun] = []
     stages: dict[str, list[tuple[float, float]]] = {stage: [] for stage in STAGES}
     run_full_path(workload, MemoryStore())                             # warm-up
     for repeat in range(repeats):
-        stderr.print(f"repeat {repeat + 1}/{repeats}: full path, without store, stages ...")
+        stderr.print(f"repeat {repeat + 1}/{repeats}: full path, one commit each, without "
+                     "store, stages ...")
         store = _sqlite_store(work, workload)
         try:
             full.append(run_full_path(workload, store))
+        finally:
+            store.close()
+        store = _sqlite_store(work, workload)
+        try:
+            single.append(run_full_path(workload, store, group=1))
         finally:
             store.close()
         bare.append(run_full_path(workload, MemoryStore()))
@@ -345,6 +369,7 @@ def measure(work: Path, workload: Workload, *, repeats: int, memory_counts: Sequ
             store.close()
     full_s = statistics.median(r.seconds for r in full)
     bare_s = statistics.median(r.seconds for r in bare)
+    single_s = statistics.median(r.seconds for r in single)
     full_cpu_s = statistics.median(r.cpu_seconds for r in full)
     bare_cpu_s = statistics.median(r.cpu_seconds for r in bare)
     stage_s = {stage: statistics.median(w for w, _ in values) / n
@@ -362,16 +387,21 @@ def measure(work: Path, workload: Workload, *, repeats: int, memory_counts: Sequ
     return {
         "updates": n, "rounds": len(workload.rounds), "devices": len(workload.rounds[0]),
         "params": workload.layout.size, "repeats": repeats,
-        "accepted": min(r.accepted for r in full + bare),
-        "rejected": {k: v for r in full + bare for k, v in r.rejected.items()},
+        "group_commit": GROUP_COMMIT,
+        "accepted": min(r.accepted for r in full + single + bare),
+        "rejected": {k: v for r in full + single + bare for k, v in r.rejected.items()},
         "updates_per_s": n / full_s,
+        "updates_per_s_one_commit_each": n / single_s,
+        "updates_per_cpu_s_one_commit_each":
+            n / statistics.median(r.cpu_seconds for r in single),
         "updates_per_s_without_store": n / bare_s,
         "store_share": 1.0 - bare_s / full_s,
         "seconds_per_update": full_s / n,
         "seconds_per_update_without_store": bare_s / n,
         "updates_per_cpu_s": n / full_cpu_s,
         "updates_per_cpu_s_without_store": n / bare_cpu_s,
-        "cpu_over_wall": statistics.median(r.cpu_seconds / r.seconds for r in full + bare),
+        "cpu_over_wall": statistics.median(r.cpu_seconds / r.seconds
+                                           for r in full + single + bare),
         "stage_seconds": stage_s,
         "stage_cpu_seconds": stage_cpu_s,
         "stage_share": {stage: s / stage_total for stage, s in stage_s.items()},
@@ -389,9 +419,12 @@ def _tables(doc: dict[str, Any], goal: float) -> tuple[Table, Table]:
         f"ingest of {doc['params']:,}-parameter updates, one thread ({doc['updates']:,} "
         f"updates, {doc['devices']} devices × {doc['rounds']} rounds, median of "
         f"{doc['repeats']})"))
-    speed.add_row("full path, SQLite commit", f"{doc['updates_per_s']:,.0f}",
+    speed.add_row(f"full path, commit per {doc['group_commit']}", f"{doc['updates_per_s']:,.0f}",
                   _us(doc["seconds_per_update"]), _us(1 / doc["updates_per_cpu_s"]),
                   f"goal {goal:,.0f}: {'met' if doc['updates_per_s'] >= goal else 'NOT met'}")
+    speed.add_row("full path, commit per update", f"{doc['updates_per_s_one_commit_each']:,.0f}",
+                  _us(1 / doc["updates_per_s_one_commit_each"]),
+                  _us(1 / doc["updates_per_cpu_s_one_commit_each"]), "")
     speed.add_row("full path, no store", f"{doc['updates_per_s_without_store']:,.0f}",
                   _us(doc["seconds_per_update_without_store"]),
                   _us(1 / doc["updates_per_cpu_s_without_store"]),

@@ -29,6 +29,7 @@ from fedbeat.aggregator.strategies.aggregate import (
     exact_total,
     quantize,
 )
+from fedbeat.aggregator.strategies.base import check_update
 from fedbeat.models.params import ParamLayout
 
 LAYOUT = ParamLayout((("conv.w", (4, 3, 5)), ("conv.b", (4,)), ("head.w", (3, 8)),
@@ -256,6 +257,33 @@ def test_a_refused_update_leaves_the_sums_untouched() -> None:
         agg.add(u)
     assert len(agg) == 5
     assert result_bytes(agg.result()) == result_bytes(clean)
+
+
+def test_check_update_finds_norm_and_peak_in_one_pass() -> None:
+    rng = np.random.default_rng(3)
+    delta = random_delta(rng)
+    checked = check_update(ClientUpdate("d", 5, delta, 0), LAYOUT)
+    values = np.concatenate([delta[name].ravel() for name in LAYOUT.names]).astype(np.float64)
+    assert checked.norm == pytest.approx(float(np.sqrt(np.sum(values**2))), rel=1e-12)
+    assert checked.peak == float(np.max(np.abs(values)))
+    assert list(checked.tensors) == list(LAYOUT.names)
+    assert np.array_equal(checked.flat, values)
+
+
+def test_admit_refuses_what_fold_would_and_changes_nothing() -> None:
+    rng = np.random.default_rng(4)
+    agg = FedAvg().begin(LAYOUT, 0)
+    too_many = check_update(ClientUpdate("d", 2**24, random_delta(rng), 0), LAYOUT)
+    with pytest.raises(ValueError, match="below 2"):
+        agg.admit(too_many)
+    assert len(agg) == 0
+    buffer = FedBuff(buffer_size=1).begin(LAYOUT, 0)
+    first = check_update(ClientUpdate("a", 5, random_delta(rng), 0), LAYOUT)
+    buffer.admit(first)
+    buffer.fold(first)
+    with pytest.raises(ValueError, match="buffer is full"):
+        buffer.admit(check_update(ClientUpdate("b", 5, random_delta(rng), 0), LAYOUT))
+    assert len(buffer) == 1
 
 
 # --- FedBuff -------------------------------------------------------------------------------
