@@ -8,6 +8,7 @@ writes, so the docs and the defaults cannot drift apart. Unknown sections or key
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ class RoundsSection:
                               "or dpsgd (per-example clipping and noise in training)")
     clip_norm: float = setting(1.0, "DP clipping norm C")
     noise_multiplier: float = setting(0.0, "DP noise multiplier sigma (noise std = sigma * C)")
+    class_weight: str = setting("", "loss weight per class, comma-separated in the model's "
+                                    "class order (N,S,V,F,Q), shared with every device; "
+                                    "empty: each device balances its own labels")
     compression: str = setting("f32", "how devices encode their update: f32 (lossless), f16, i8 "
                                       "(per-tensor scale) or topk:FRACTION (largest entries "
                                       "only, e.g. topk:0.1)")
@@ -143,9 +147,30 @@ class AggregatorConfig:
              "service.log_level must be debug, info, warning or error"),
             (self.evaluation.split in ("ds1", "ds2"), "evaluation.split must be ds1 or ds2"),
             (is_compression(r.compression), f"rounds.compression must be {COMPRESSIONS}"),
+            (_weights_ok(r.class_weight), "rounds.class_weight must be empty or comma-separated "
+                                          "non-negative numbers, e.g. 0.3,8.6,3.4,10,10"),
         ]
         require(checks)
 
+
+
+def class_weights(text: str) -> tuple[float, ...]:
+    """``rounds.class_weight`` as numbers; raises ``ValueError`` for anything else."""
+    if not text.strip():
+        return ()
+    weights = tuple(float(part) for part in text.split(","))
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise ValueError(f"class weights must be non-negative numbers, not all zero; got "
+                         f"{text!r}")
+    return weights
+
+
+def _weights_ok(text: str) -> bool:
+    try:
+        class_weights(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_config(path: Path) -> AggregatorConfig:

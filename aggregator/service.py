@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedbeat.aggregator.config import AggregatorConfig, ConfigError
+from fedbeat.aggregator.config import AggregatorConfig, ConfigError, class_weights
 from fedbeat.aggregator.evaluation import SYNTHETIC, Evaluator
 from fedbeat.aggregator.ingest import GROUP_COMMIT, Ingest, OpenRound, Outcome
 from fedbeat.aggregator.model_message import publish_model
@@ -238,7 +238,7 @@ class AggregatorService:
         seed = hashlib.sha256(f"{self.config.service.seed}/{round_id}".encode()).hexdigest()[:16]
         training = TrainingConfig(r.epochs, r.batch_size, r.learning_rate, r.optimizer,
                                   r.fedprox_mu, r.dp_mode, r.clip_norm, r.noise_multiplier,
-                                  r.compression)
+                                  r.compression, class_weights(r.class_weight))
         a = self.config.aggregation
         target = a.buffer_size if self.async_mode else r.target_participants
         return Announcement(round_id, model.version, model.params_sha256, int(deadline * 1000),

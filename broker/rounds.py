@@ -22,6 +22,9 @@ from fedbeat.broker.tensors import compressor_from_name
 ROUND_STATES = ("open", "closed", "aborted")
 
 
+MAX_CLASSES = 16
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Local training a device runs for one round (see ``fedbeat.device.trainer``)."""
@@ -35,6 +38,9 @@ class TrainingConfig:
     clip_norm: float = 1.0
     noise_multiplier: float = 0.0
     compression: str = "f32"          # how the update's tensors travel (broker/tensors.py)
+    # Loss weight per class shared by the whole fleet; empty: each device balances its own
+    # labels (which, with patients that hold few arrhythmic beats, loses rare classes).
+    class_weight: tuple[float, ...] = ()
 
     def validate(self) -> None:
         if not (1 <= self.epochs <= 1000 and 1 <= self.batch_size <= 65536):
@@ -46,6 +52,18 @@ class TrainingConfig:
         if not (self.clip_norm > 0 and self.noise_multiplier >= 0):
             raise ValueError("clip_norm must be > 0 and noise_multiplier >= 0")
         compressor_from_name(self.compression)
+        if self.class_weight and (len(self.class_weight) > MAX_CLASSES or not all(
+                math.isfinite(w) and w >= 0 for w in self.class_weight)
+                or not any(self.class_weight)):
+            raise ValueError(f"class_weight must be at most {MAX_CLASSES} non-negative numbers, "
+                             "not all zero")
+
+
+def _floats(mapping: Mapping[Any, Any], key: str) -> tuple[float, ...]:
+    items = cbor.as_sequence(cbor.field(mapping, key, list, "training"), f"training {key}")
+    if len(items) > MAX_CLASSES:
+        raise Rejected(RejectReason.MALFORMED, f"training {key}: more than {MAX_CLASSES} values")
+    return tuple(cbor.field({key: item}, key, float, "training") for item in items)
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,8 @@ class Announcement:
             dp_mode=cbor.field(training_map, "dp_mode", str, "training"),
             clip_norm=cbor.field(training_map, "clip_norm", float, "training"),
             noise_multiplier=cbor.field(training_map, "noise_multiplier", float, "training"),
-            compression=cbor.field(training_map, "compression", str, "training"))
+            compression=cbor.field(training_map, "compression", str, "training"),
+            class_weight=_floats(training_map, "class_weight"))
         announcement = cls(
             round=cbor.bounded_int(body, "round", "round", lo=0, hi=2**53 - 1),
             model_version=cbor.bounded_int(body, "model_version", "round", lo=0, hi=2**53 - 1),

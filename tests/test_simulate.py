@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +111,38 @@ def test_compare_runs_every_variant_on_the_same_data_into_one_report(tmp_path: P
     held = np.sum(list(fed.values()), axis=0)
     central = json.loads((out / "centralized" / "config.json").read_text())
     assert central["train_beats"] == int(held.sum())
+
+
+def test_one_fleet_carried_by_an_aggregator_host_and_two_device_hosts(tmp_path: Path) -> None:
+    if find_mosquitto() is None:
+        pytest.skip("install mosquitto (apt-get install mosquitto)")
+    run = tmp_path / "shared-run"
+    base = [sys.executable, "-m", "fedbeat", "simulate"]
+    aggregator = subprocess.Popen(
+        [*base, "--role", "aggregator", "--synthetic", "--devices", "4", "--rounds", "2",
+         "--broker", "mosquitto", "--out", str(run), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hosts: list[subprocess.Popen[str]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "aggregator.toml").exists():      # written after the device configs
+            assert aggregator.poll() is None, aggregator.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        url = (run / "broker-url").read_text().strip()
+        hosts = [subprocess.Popen([*base, "--role", "devices", "--out", str(run),
+                                   "--broker-url", url, "--shard", shard],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for shard in ("1/2", "2/2")]
+        out, err = aggregator.communicate(timeout=180)
+        assert aggregator.returncode == 0, err
+        for host in hosts:                    # they leave once they saw the last round end
+            _, host_err = host.communicate(timeout=60)
+            assert host.returncode == 0, host_err
+            assert "hosted 2 devices" in host_err
+    finally:
+        for process in (aggregator, *hosts):
+            if process.poll() is None:
+                process.kill()
+    final = json.loads(out)
+    assert [line["participants"] for line in final["rounds"]] == [4, 4]

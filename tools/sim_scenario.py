@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedbeat.aggregator.config import class_weights
 from fedbeat.broker.tensors import COMPRESSIONS, is_compression
 from fedbeat.device.settings import ConfigError, example_text, load_sections, require, setting
 
@@ -48,6 +49,11 @@ class TrainingSection:
     learning_rate: float = setting(0.01, "local learning rate")
     optimizer: str = setting("sgd", "local optimizer: sgd, adam or adamw")
     fedprox_mu: float = setting(0.0, "FedProx proximal term (0 = FedAvg)")
+    class_weight: str = setting("global", "global: every device weighs classes by the "
+                                          "fleet's class counts (announced in the round, as a "
+                                          "secure sum of device histograms would give them); "
+                                          "local: each device balances its own labels; or "
+                                          "N,S,V,F,Q weights")
     min_beats: int = setting(20, "a device with fewer labelled beats sits rounds out")
 
 
@@ -146,6 +152,8 @@ class Scenario:
             (0 < t.learning_rate < 10, "training.learning_rate must be in (0, 10)"),
             (t.optimizer in ("sgd", "adam", "adamw"), "training.optimizer must be sgd, adam "
                                                       "or adamw"),
+            (t.class_weight in ("global", "local") or is_class_weight(t.class_weight),
+             "training.class_weight must be global, local or five numbers N,S,V,F,Q"),
             (t.fedprox_mu >= 0 and t.min_beats >= 1,
              "training.fedprox_mu must be >= 0 and min_beats >= 1"),
             (p.dp in ("none", "dpsgd", "update"), "privacy.dp must be none, dpsgd or update"),
@@ -174,6 +182,13 @@ class Scenario:
              f"{2 * max(1, self.attackers) + 3} devices (n >= 2f + 3)"),
         ])
 
+
+
+def is_class_weight(text: str) -> bool:
+    try:
+        return len(class_weights(text)) == 5
+    except ValueError:
+        return False
 
 
 def load_scenario(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Scenario:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedbeat.aggregator.config import example_config, load_config
 from fedbeat.aggregator.service import DATABASE, MODELS, AggregatorService
 from fedbeat.aggregator.store import StateStore
@@ -36,6 +38,7 @@ from fedbeat.broker.embedded import EmbeddedBroker
 from fedbeat.broker.launch import BrokerProcess, free_port
 from fedbeat.broker.mosquitto import MosquittoBroker, MosquittoConfig, find_mosquitto
 from fedbeat.device.config import example_device_config
+from fedbeat.device.trainer import balanced_class_weight
 from fedbeat.tools import pki
 from fedbeat.tools.errors import UsageError
 from fedbeat.tools.sim_fleet import (
@@ -136,6 +139,7 @@ def _aggregator_config(scenario: Scenario, fleet: Fleet, url: str) -> Path:
         "rounds.fedprox_mu": t.fedprox_mu, "rounds.dp_mode": p.dp,
         "rounds.noise_multiplier": p.noise_multiplier if p.dp != "none" else 0.0,
         "rounds.clip_norm": p.clip_norm, "rounds.compression": a.compression,
+        "rounds.class_weight": _class_weight(scenario, fleet),
         "aggregation.strategy": a.strategy, "aggregation.server_optimizer": a.server_optimizer,
         "aggregation.server_lr": a.server_lr, "aggregation.max_update_norm": a.max_update_norm,
         "aggregation.norm_bound": a.norm_bound, "aggregation.buffer_size": a.buffer_size,
@@ -144,6 +148,19 @@ def _aggregator_config(scenario: Scenario, fleet: Fleet, url: str) -> Path:
                             else str(Path(scenario.fleet.data).resolve())),
         "evaluation.split": "ds2", "service.seed": scenario.fleet.seed}), encoding="utf-8")
     return path
+
+
+def _class_weight(scenario: Scenario, fleet: Fleet) -> str:
+    """``rounds.class_weight``: the fleet's balanced weights (``global``), none (``local``),
+    or the scenario's own list."""
+    choice = scenario.training.class_weight
+    if choice == "local":
+        return ""
+    if choice != "global":
+        return choice
+    counts = np.sum([share.class_counts for share in fleet.data], axis=0)
+    labels = np.repeat(np.arange(counts.size), counts)
+    return ",".join(f"{w:.6g}" for w in balanced_class_weight(labels, counts.size))
 
 
 def _device_configs(scenario: Scenario, fleet: Fleet, url: str, protocol: str) -> None:

@@ -404,6 +404,10 @@ class DeviceService:
                 return refusal
         if a.training.optimizer not in self.model_dir.manifest.optimizers:
             return f"the model directory has no {a.training.optimizer!r} optimizer graph"
+        classes = len(self.model_dir.manifest.inputs.classes)
+        if a.training.class_weight and len(a.training.class_weight) != classes:
+            return (f"the round gives {len(a.training.class_weight)} class weights for a model "
+                    f"of {classes} classes")
         return self._power_hook()
 
     def _power_hook(self) -> str:
@@ -455,11 +459,11 @@ class DeviceService:
         seed = int.from_bytes(hashlib.sha256(f"{self.me}/{a.round}".encode()).digest()[:4],
                               "big")
         t = a.training
+        classes = len(self.model_dir.manifest.inputs.classes)
         config = TrainConfig(
             epochs=t.epochs, batch_size=t.batch_size, lr=t.learning_rate, optimizer=t.optimizer,
             fedprox_mu=t.fedprox_mu, seed=seed,
-            class_weight=balanced_class_weight(labels, len(self.model_dir.manifest.inputs
-                                                           .classes)))
+            class_weight=t.class_weight or balanced_class_weight(labels, classes))
         self._runner().params = self.global_model.params
         dp = None
         if t.dp_mode == "dpsgd":
