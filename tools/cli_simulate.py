@@ -22,7 +22,8 @@ OVERRIDES = {
     "partition": "fleet.partition", "alpha": "fleet.alpha", "workers": "fleet.workers",
     "broker": "fleet.broker", "seed": "fleet.seed", "epochs": "training.epochs",
     "batch_size": "training.batch_size", "learning_rate": "training.learning_rate",
-    "fedprox_mu": "training.fedprox_mu", "dp_mode": "privacy.dp",
+    "fedprox_mu": "training.fedprox_mu", "class_weight": "training.class_weight",
+    "dp_mode": "privacy.dp",
     "noise_multiplier": "privacy.noise_multiplier", "clip_norm": "privacy.clip_norm",
     "epsilon_budget": "privacy.epsilon_budget", "strategy": "aggregation.strategy",
     "server_optimizer": "aggregation.server_optimizer", "server_lr": "aggregation.server_lr",
@@ -57,6 +58,9 @@ def _options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--lr", "learning_rate", type=float,
                      help="Local learning rate [default 0.01]."),
         click.option("--fedprox-mu", type=float, help="FedProx proximal term [default 0]."),
+        click.option("--class-weight", help="global [default]: the fleet's balanced class "
+                                            "weights, announced; local: each device balances "
+                                            "its own labels; or N,S,V,F,Q."),
         click.option("--dp", "dp_mode", type=click.Choice(["none", "dpsgd", "update"]),
                      help="Local DP: dpsgd (sample-level) or update (user-level) [none]."),
         click.option("--sigma", "noise_multiplier", type=float,
