@@ -15,9 +15,12 @@ the same for every order.
 Bounds: ``|x| < 64`` gives ``|q| ≤ 2^36``; a weight digit ``w < 2^24`` gives ``|q·w| < 2^60``.
 Each product is split into its low 32 bits (``0 ≤ lo < 2^32``) and the rest (``|hi| < 2^28``),
 and the two parts are summed in separate int64 arrays, so at least 2^31 updates fit without
-overflow. Larger integer weights (up to 2^48) are split into base-2^24 digits, one pair of
-arrays per digit. Only at the end is the integer total ``hi·2^32 + lo`` turned into float64,
-divided by ``2^30 · Σ weight`` and cast to float32 — a deterministic function of integers.
+overflow. A streaming sum adds the products into one more int64 array first and carries it
+into the two parts only when the bound ``Σ ceil(peak_i · 2^30) · w_i`` of what it holds would
+reach 2^62; the integer total, and so the result, is the same. Larger integer weights (up to
+2^48) are split into base-2^24 digits, one pair of arrays per digit. Only at the end is the
+integer total ``hi·2^32 + lo`` turned into float64, divided by ``2^30 · Σ weight`` and cast
+to float32 — a deterministic function of integers.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ real updates far below it."""
 WEIGHT_DIGIT_BITS = 24
 MAX_EXACT_WEIGHT = 1 << (2 * WEIGHT_DIGIT_BITS)
 """Integer weights of an exact sum must be below 2^48 (two base-2^24 digits)."""
+
+PARTIAL_SUM_LIMIT = 1 << 62
+"""A partial sum of products is carried into ``(lo, hi)`` before its bound could reach this
+(int64 holds ±2^63)."""
 
 _SCALE = float(1 << FIXED_POINT_BITS)
 _LOW_BITS = 32
@@ -122,6 +129,20 @@ def accumulate_exact(lo: np.ndarray, hi: np.ndarray, q: np.ndarray, digit: int) 
     lo += low
     np.right_shift(product, _LOW_BITS, out=product)
     hi += product
+
+
+def fixed_point_bound(peak: float) -> int:
+    """An upper bound on ``|rint(x · 2^30)|`` for ``|x| ≤ peak``."""
+    return math.ceil(peak * _SCALE)
+
+
+def carry_exact(lo: np.ndarray, hi: np.ndarray, partial: np.ndarray) -> None:
+    """Move an int64 partial sum (of products ``q · digit``) into the split accumulator
+    ``(lo, hi)`` exactly, as :func:`accumulate_exact` would have, and zero it."""
+    lo += partial & _LOW_MASK
+    np.right_shift(partial, _LOW_BITS, out=partial)
+    hi += partial
+    partial.fill(0)
 
 
 def exact_total(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

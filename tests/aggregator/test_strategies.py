@@ -286,6 +286,28 @@ def test_admit_refuses_what_fold_would_and_changes_nothing() -> None:
     assert len(buffer) == 1
 
 
+def test_fedavg_partial_sums_carry_exactly_at_the_extremes() -> None:
+    # |x| near 64 and weights near 2^24: each product is near 2^60, so the partial sum is
+    # carried into (lo, hi) every few updates. The result must equal folding every update
+    # straight into (lo, hi), bit for bit, in any order.
+    rng = np.random.default_rng(5)
+    # (all positive, so 20 of them would overflow a single int64 sum: 20 · 2^60 > 2^63)
+    updates = [ClientUpdate(f"d{i:02d}", int(rng.integers(2**23, 2**24)),
+                            {name: np.clip(np.abs(value) * 1e4, 0.0, 63.99).astype(np.float32)
+                             for name, value in random_delta(rng).items()}, 0)
+               for i in range(20)]
+    flat = {u.device_id: np.concatenate([np.asarray(u.tensors[name], np.float64).ravel()
+                                         for name in LAYOUT.names]) for u in updates}
+    lo, hi = np.zeros(LAYOUT.size, np.int64), np.zeros(LAYOUT.size, np.int64)
+    for u in updates:
+        accumulate_exact(lo, hi, quantize(flat[u.device_id], name="all"), u.num_samples)
+    expected = exact_mean([(lo, hi)], sum(u.num_samples for u in updates))
+    for order in (updates, updates[::-1]):
+        result = aggregate(FedAvg(), order)
+        got = np.concatenate([result.delta[name].ravel() for name in LAYOUT.names])
+        assert got.tobytes() == expected.tobytes()
+
+
 # --- FedBuff -------------------------------------------------------------------------------
 
 
