@@ -9,9 +9,15 @@ not a hope. When a round closes, its new model version is committed to the model
 and the round row last, so a crash in between is detected and finished on restart; the
 tensors of closed rounds are deleted (their digests stay as an audit trail).
 
-WAL with ``synchronous=NORMAL`` survives process crashes completely; after a power loss the
-last few commits may be lost, which the devices' outboxes resend (their updates were never
-acknowledged with a receipt).
+Several accepted updates may share one commit (:meth:`StateStore.transaction`, group commit);
+none of them is acknowledged before it.
+
+Durability is chosen, not accidental: WAL with ``synchronous=NORMAL`` writes every commit to
+the WAL file before the commit returns, so it survives a crash of the process (``kill -9``,
+OOM) completely; it calls ``fsync`` only at checkpoints. After a power loss or kernel crash the
+commits since the last checkpoint may therefore be lost although their updates were
+acknowledged; the round then simply has fewer updates. ``synchronous=FULL`` would close that
+gap with one ``fsync`` per commit (per group, with group commit).
 """
 
 from __future__ import annotations
