@@ -5,9 +5,9 @@ A variant is a base and modifiers, e.g. ``fedavg``, ``fedavg+dp=1.1``, ``krum+at
 - bases: ``centralized`` (one model on the union of the devices' beats, one epoch per round
   times the local epochs: the yardstick) or an aggregation strategy;
 - ``+dp[=SIGMA]`` DP-SGD on the devices (sample-level), ``+ldp[=SIGMA]`` clip and noise the
-  whole update (user-level), ``+fedprox[=MU]``, ``+normbound``, and ``+attack``: only variants
-  marked so get the scenario's attackers, so one comparison shows a clean FedAvg beside a
-  poisoned one.
+  whole update (user-level), ``+fedprox[=MU]``, ``+normbound``, ``+lr=LR`` and ``+epochs=E``
+  (local, or the centralized run's), and ``+attack``: only variants marked so get the
+  scenario's attackers, so one comparison shows a clean FedAvg beside a poisoned one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fedbeat.tools.errors import UsageError
 from fedbeat.tools.sim_scenario import STRATEGIES, Scenario
 
 BASES = ("centralized", *STRATEGIES)
-_MODIFIER = re.compile(r"^(dp|ldp|fedprox|normbound|attack)(?:=([0-9.eE+-]+))?$")
+_MODIFIER = re.compile(r"^(dp|ldp|fedprox|normbound|attack|lr|epochs)(?:=([0-9.eE+-]+))?$")
 DEFAULT_SIGMA = 1.0
 DEFAULT_MU = 0.01
 
@@ -67,9 +67,12 @@ def _scenario_of(name: str, base: Scenario) -> Scenario:
         kind, value = match.group(1), match.group(2)
         if value is not None and kind in ("normbound", "attack"):
             raise UsageError(f"--compare: +{kind} takes no value (in {name!r})")
+        if value is None and kind in ("lr", "epochs"):
+            raise UsageError(f"--compare: +{kind} needs a value, e.g. +{kind}=0.01 (in {name!r})")
+        if head == "centralized" and kind not in ("lr", "epochs"):
+            raise UsageError(f"--compare: {name!r}: the centralized yardstick takes only +lr "
+                             "and +epochs")
         overrides.update(_modifier(kind, value, base, name))
-    if head == "centralized" and len(modifiers) > 0:
-        raise UsageError(f"--compare: {name!r}: the centralized yardstick takes no modifiers")
     return base.replace(overrides)
 
 
@@ -84,6 +87,10 @@ def _modifier(kind: str, value: str | None, base: Scenario, name: str) -> dict[s
         return {"training.fedprox_mu": number if number is not None else DEFAULT_MU}
     if kind == "normbound":
         return {"aggregation.norm_bound": True}
+    if kind == "lr":
+        return {"training.learning_rate": number}
+    if kind == "epochs":
+        return {"training.epochs": int(number or 1)}
     if base.faults.malicious <= 0:
         raise UsageError(f"--compare: {name!r} has +attack but the scenario has no attackers: "
                          "set --malicious (and --attack)")
