@@ -19,6 +19,7 @@ from fedbeat.device.settings import (
     ConfigError,
     example_text,
     load_config_file,
+    parses,
     require,
     setting,
 )
@@ -147,8 +148,9 @@ class AggregatorConfig:
              "service.log_level must be debug, info, warning or error"),
             (self.evaluation.split in ("ds1", "ds2"), "evaluation.split must be ds1 or ds2"),
             (is_compression(r.compression), f"rounds.compression must be {COMPRESSIONS}"),
-            (_weights_ok(r.class_weight), "rounds.class_weight must be empty or comma-separated "
-                                          "non-negative numbers, e.g. 0.3,8.6,3.4,10,10"),
+            (parses(class_weights, r.class_weight),
+             "rounds.class_weight must be empty or comma-separated non-negative numbers, "
+             "e.g. 0.3,8.6,3.4,10,10"),
         ]
         require(checks)
 
@@ -163,14 +165,6 @@ def class_weights(text: str) -> tuple[float, ...]:
         raise ValueError(f"class weights must be non-negative numbers, not all zero; got "
                          f"{text!r}")
     return weights
-
-
-def _weights_ok(text: str) -> bool:
-    try:
-        class_weights(text)
-    except ValueError:
-        return False
-    return True
 
 
 def load_config(path: Path) -> AggregatorConfig:

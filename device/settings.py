@@ -30,6 +30,15 @@ def require(checks: list[tuple[bool, str]]) -> None:
             raise ConfigError(message)
 
 
+def parses(parse: Callable[[str], object], text: str) -> bool:
+    """Whether ``parse(text)`` succeeds (raises no ``ValueError``): for :func:`require`."""
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 def setting(default: Any, doc: str) -> Any:
     """A dataclass field with its default and the one line that explains it."""
     return dataclasses.field(default=default, metadata={"doc": doc})

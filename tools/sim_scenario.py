@@ -16,7 +16,14 @@ from typing import Any
 
 from fedbeat.aggregator.config import class_weights
 from fedbeat.broker.tensors import COMPRESSIONS, is_compression
-from fedbeat.device.settings import ConfigError, example_text, load_sections, require, setting
+from fedbeat.device.settings import (
+    ConfigError,
+    example_text,
+    load_sections,
+    parses,
+    require,
+    setting,
+)
 
 PARTITIONS = ("patient", "dirichlet", "iid")
 ATTACKS = ("sign-flip", "scale", "gaussian", "label-flip")
@@ -152,7 +159,9 @@ class Scenario:
             (0 < t.learning_rate < 10, "training.learning_rate must be in (0, 10)"),
             (t.optimizer in ("sgd", "adam", "adamw"), "training.optimizer must be sgd, adam "
                                                       "or adamw"),
-            (t.class_weight in ("global", "local") or is_class_weight(t.class_weight),
+            (t.class_weight in ("global", "local") or (
+                parses(class_weights, t.class_weight)
+                and len(class_weights(t.class_weight)) == 5),
              "training.class_weight must be global, local or five numbers N,S,V,F,Q"),
             (t.fedprox_mu >= 0 and t.min_beats >= 1,
              "training.fedprox_mu must be >= 0 and min_beats >= 1"),
@@ -182,13 +191,6 @@ class Scenario:
              f"{2 * max(1, self.attackers) + 3} devices (n >= 2f + 3)"),
         ])
 
-
-
-def is_class_weight(text: str) -> bool:
-    try:
-        return len(class_weights(text)) == 5
-    except ValueError:
-        return False
 
 
 def load_scenario(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Scenario:
