@@ -352,8 +352,14 @@ class AggregatorService:
     # -- ingest ------------------------------------------------------------------------------
 
     def _on_update(self, delivery: Delivery) -> None:
+        room = GROUP_COMMIT
+        if self.async_mode and self.aggregation is not None:
+            buffer_size = self.config.aggregation.buffer_size
+            if len(self.aggregation) >= buffer_size:
+                self._tick()               # a full FedBuff buffer closes before more come in
+            room = max(1, buffer_size - len(self.aggregation or ()))
         deliveries = [delivery]            # and whatever else is already waiting: one commit
-        while len(deliveries) < GROUP_COMMIT and not self.inbox.empty():
+        while len(deliveries) < room and not self.inbox.empty():
             deliveries.append(self.inbox.get_nowait())
         for d in deliveries:
             if is_chunk(d.payload):

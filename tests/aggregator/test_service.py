@@ -282,6 +282,33 @@ def test_fedbuff_accepts_stale_updates_with_staleness_weights(
                                atol=2e-6)
 
 
+def test_updates_arriving_together_fill_fedbuff_buffers_in_turn(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device]) -> None:
+    # Four updates at once, buffers of two: the service ingests waiting updates together (one
+    # commit), but never more than the buffer has room for, and closes a full buffer before
+    # the next update, so every one is accepted (the last two with staleness 1).
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir,
+                          state_dir=tmp_path / "state", rounds__rounds=2,
+                          aggregation__strategy="fedbuff", aggregation__buffer_size=2,
+                          aggregation__max_staleness=1)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    group = start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir,
+                          ["dev-0", "dev-1", "dev-2", "dev-3"])   # dev-5 is revoked
+    for device in group:
+        device.answer_rounds = False
+    announcement = wait_for_open_round(group[0], mode="async")
+    for device in group:
+        device.client.publish(device.topics.update(device.identity.device_id),
+                              device.update_for(announcement.round,
+                                                announcement.model_version))
+    receipts = [device.next_receipt(30) for device in group]
+    assert all(r["accepted"] for r in receipts), receipts
+    assert process.wait() == 0, process.output()
+    assert [m["participants"] for m in status_of(config)["metrics"]] == [2, 2]  # type: ignore[index,union-attr]
+
+
 @pytest.mark.mitdb
 def test_server_side_evaluation_after_every_round(
         tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
