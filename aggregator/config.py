@@ -85,7 +85,9 @@ class AggregationSection:
                                       "(norm_exceeded); also what norm bounding clips to")
     norm_bound: bool = setting(False, "clip every update to max_update_norm before aggregating "
                                  "instead of only rejecting larger ones")
-    server_optimizer: str = setting("sgd", "sgd (FedAvg when server_lr = 1), fedadam or fedyogi")
+    server_optimizer: str = setting("sgd", "sgd (FedAvg when server_lr = 1), fedavgm (server "
+                                           "momentum 0.9: steadier on non-IID fleets), "
+                                           "fedadagrad, fedadam or fedyogi")
     server_lr: float = setting(1.0, "server learning rate (eta)")
     buffer_size: int = setting(10, "fedbuff: updates per new model version")
     max_staleness: int = setting(10, "fedbuff: oldest base version accepted, in versions behind")

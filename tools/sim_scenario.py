@@ -28,7 +28,7 @@ from fedbeat.device.settings import (
 PARTITIONS = ("patient", "dirichlet", "iid")
 ATTACKS = ("sign-flip", "scale", "gaussian", "label-flip")
 STRATEGIES = ("fedavg", "trimmed-mean", "median", "krum", "fedbuff")
-SERVER_OPTIMIZERS = ("sgd", "fedadam", "fedyogi", "fedadagrad")
+SERVER_OPTIMIZERS = ("sgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,9 @@ class AggregationSection:
                                       "every buffer_size updates, stale ones down-weighted")
     norm_bound: bool = setting(False, "clip every update to max_update_norm before aggregating "
                                       "(instead of only rejecting larger ones)")
-    server_optimizer: str = setting("sgd", "sgd (plain averaging at server_lr 1), fedadam, "
-                                           "fedyogi or fedadagrad")
+    server_optimizer: str = setting("sgd", "sgd (plain averaging at server_lr 1), fedavgm "
+                                           "(server momentum 0.9), fedadam, fedyogi or "
+                                           "fedadagrad")
     server_lr: float = setting(1.0, "server learning rate")
     max_update_norm: float = setting(10.0, "updates with a larger L2 norm are rejected")
     buffer_size: int = setting(10, "fedbuff: updates per model version")

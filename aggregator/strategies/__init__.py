@@ -18,7 +18,7 @@ from .registry import (
     server_optimizer_names,
     strategy_names,
 )
-from .server_opt import FedAdagrad, FedAdam, FedYogi, ServerSgd
+from .server_opt import FedAdagrad, FedAdam, FedYogi, ServerMomentum, ServerSgd
 from .trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Median",
     "MultiKrum",
     "NormBounded",
+    "ServerMomentum",
     "ServerOptimizer",
     "ServerSgd",
     "Strategy",

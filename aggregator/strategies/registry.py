@@ -12,14 +12,14 @@ from .fedbuff import FedBuff
 from .krum import MultiKrum
 from .median import Median
 from .norm_bound import NormBounded
-from .server_opt import FedAdagrad, FedAdam, FedYogi, ServerSgd
+from .server_opt import FedAdagrad, FedAdam, FedYogi, ServerMomentum, ServerSgd
 from .trimmed_mean import TrimmedMean
 
 _STRATEGIES: dict[str, Callable[..., Strategy]] = {
     cls.name: cls for cls in (FedAvg, TrimmedMean, Median, MultiKrum, FedBuff)
 }
 _OPTIMIZERS: dict[str, Callable[..., ServerOptimizer]] = {
-    cls.name: cls for cls in (ServerSgd, FedAdagrad, FedAdam, FedYogi)
+    cls.name: cls for cls in (ServerSgd, ServerMomentum, FedAdagrad, FedAdam, FedYogi)
 }
 T = TypeVar("T")
 
@@ -67,8 +67,9 @@ def create_strategy(name: str, **options: Any) -> Strategy:
 
 
 def create_server_optimizer(name: str, **options: Any) -> ServerOptimizer:
-    """Build a server optimizer: ``sgd`` (``lr``, default 1.0 = FedAvg), ``fedadagrad``,
-    ``fedadam``, ``fedyogi`` (``lr``, ``beta1``, ``beta2``, ``tau``).
+    """Build a server optimizer: ``sgd`` (``lr``, default 1.0 = FedAvg), ``fedavgm`` (``lr``,
+    ``momentum``), ``fedadagrad``, ``fedadam``, ``fedyogi`` (``lr``, ``beta1``, ``beta2``,
+    ``tau``).
 
     Raises
     ------

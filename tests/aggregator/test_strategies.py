@@ -157,13 +157,37 @@ def test_tensors_nobody_updated_are_absent_and_stay_bit_identical_after_a_step()
     result = aggregate(FedAvg(), updates)
     assert set(result.delta) == set(HEAD)
     params = rng.standard_normal(LAYOUT.size).astype(np.float32)
-    for opt in ("sgd", "fedadam", "fedyogi", "fedadagrad"):
+    for opt in ("sgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
         new = create_server_optimizer(opt).step(params, result, LAYOUT)
         for name, _, s in LAYOUT.slices():
             if name in HEAD:
                 assert not np.array_equal(new[s], params[s]), (opt, name)
             else:
                 assert new[s].tobytes() == params[s].tobytes(), (opt, name)
+
+
+def test_fedavgm_is_heavy_ball_momentum_on_the_aggregate_and_resumes_from_its_state() -> None:
+    rng = np.random.default_rng(8)
+    params = rng.standard_normal(LAYOUT.size).astype(np.float32)
+    deltas = [aggregate(FedAvg(), random_updates(3, 10 + r, partial=False)) for r in range(3)]
+    flat = [np.concatenate([d.delta[n].ravel() for n in LAYOUT.names]).astype(np.float64)
+            for d in deltas]
+    opt = create_server_optimizer("fedavgm", lr=0.5, momentum=0.9)
+    x, m = params.astype(np.float64), np.zeros(LAYOUT.size)
+    got = params
+    for r, delta in enumerate(deltas):
+        if r == 2:                                  # a restart between rounds
+            state = opt.state_dict()
+            opt = create_server_optimizer("fedavgm", lr=0.5, momentum=0.9)
+            opt.load_state_dict(state)
+        got = opt.step(got, delta, LAYOUT)
+        m = 0.9 * m + flat[r]
+        x = x + 0.5 * m
+        np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5)
+    zero = create_server_optimizer("fedavgm", lr=1.0, momentum=0.0)
+    sgd = create_server_optimizer("sgd")
+    assert zero.step(params, deltas[0], LAYOUT).tobytes() == \
+        sgd.step(params, deltas[0], LAYOUT).tobytes()
 
 
 def test_fedavg_with_sgd_lr_one_is_the_weighted_mean_of_trained_models() -> None:
@@ -469,7 +493,8 @@ def test_create_strategy_explains_bad_names_and_options(name: str, options: dict
 
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("adam", {}, r"unknown server optimizer 'adam'; choose one of \['fedadagrad', 'fedadam', "
-                 r"'fedyogi', 'sgd'\]"),
+                 r"'fedavgm', 'fedyogi', 'sgd'\]"),
+    ("fedavgm", {"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
     ("sgd", {"momentum": 0.9}, r"no option\(s\) \['momentum'\]; its options are \['lr'\]"),
     ("sgd", {"lr": 0.0}, "lr must be a positive"),
     ("fedadam", {"beta1": 1.0}, r"beta1 must be in \[0, 1\)"),
