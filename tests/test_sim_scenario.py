@@ -92,7 +92,9 @@ def test_variants_change_only_what_their_names_say() -> None:
     assert variants["krum+attack"].scenario.aggregation.strategy == "krum"
     assert variants["krum+attack"].scenario.faults.malicious == 0.2
     assert variants["fedavg+fedprox=0.1"].scenario.training.fedprox_mu == 0.1
-    tuned = parse_variants("centralized+lr=0.02,fedavg+lr=0.1+epochs=2", base)
+    tuned = parse_variants("centralized+lr=0.02,fedavg+lr=0.1+epochs=2,fedavg+fedavgm=0.3", base)
+    assert tuned[2].scenario.aggregation.server_optimizer == "fedavgm"
+    assert tuned[2].scenario.aggregation.server_lr == 0.3
     assert tuned[0].scenario.training.learning_rate == 0.02
     assert (tuned[1].scenario.training.learning_rate, tuned[1].scenario.training.epochs) == (
         0.1, 2)

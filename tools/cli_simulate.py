@@ -145,7 +145,8 @@ def simulate(scenario_file: Path | None, write_scenario: Path | None, data_dir: 
     \b
     --compare variants: a base (centralized, fedavg, trimmed-mean, median, krum,
     fedbuff) and modifiers: +dp[=SIGMA] (DP-SGD on the devices), +ldp[=SIGMA]
-    (user-level: clip and noise the update), +fedprox[=MU], +normbound,
+    (user-level: clip and noise the update), +fedprox[=MU], +fedavgm[=LR]
+    (server momentum), +normbound,
     +lr=LR, +epochs=E, +attack (only variants marked +attack get the
     scenario's attackers).
 

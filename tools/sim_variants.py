@@ -5,7 +5,8 @@ A variant is a base and modifiers, e.g. ``fedavg``, ``fedavg+dp=1.1``, ``krum+at
 - bases: ``centralized`` (one model on the union of the devices' beats, one epoch per round
   times the local epochs: the yardstick) or an aggregation strategy;
 - ``+dp[=SIGMA]`` DP-SGD on the devices (sample-level), ``+ldp[=SIGMA]`` clip and noise the
-  whole update (user-level), ``+fedprox[=MU]``, ``+normbound``, ``+lr=LR`` and ``+epochs=E``
+  whole update (user-level), ``+fedprox[=MU]``, ``+fedavgm[=SERVER_LR]`` (server momentum
+  0.9), ``+normbound``, ``+lr=LR`` and ``+epochs=E``
   (local, or the centralized run's), and ``+attack``: only variants marked so get the
   scenario's attackers, so one comparison shows a clean FedAvg beside a poisoned one.
 """
@@ -22,9 +23,11 @@ from fedbeat.tools.errors import UsageError
 from fedbeat.tools.sim_scenario import STRATEGIES, Scenario
 
 BASES = ("centralized", *STRATEGIES)
-_MODIFIER = re.compile(r"^(dp|ldp|fedprox|normbound|attack|lr|epochs)(?:=([0-9.eE+-]+))?$")
+_MODIFIER = re.compile(
+    r"^(dp|ldp|fedprox|fedavgm|normbound|attack|lr|epochs)(?:=([0-9.eE+-]+))?$")
 DEFAULT_SIGMA = 1.0
 DEFAULT_MU = 0.01
+DEFAULT_SERVER_LR = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,16 @@ def _scenario_of(name: str, base: Scenario) -> Scenario:
         raise UsageError(f"--compare: unknown variant {head!r} in {name!r} (bases: "
                          f"{', '.join(BASES)})")
     overrides: dict[str, Any] = {"faults.malicious": 0.0, "privacy.dp": "none",
-                                 "aggregation.norm_bound": False, "training.fedprox_mu": 0.0}
+                                 "aggregation.norm_bound": False, "training.fedprox_mu": 0.0,
+                                 "aggregation.server_optimizer": "sgd",
+                                 "aggregation.server_lr": 1.0}
     if head != "centralized":
         overrides["aggregation.strategy"] = head
     for modifier in modifiers:
         match = _MODIFIER.match(modifier)
         if match is None:
             raise UsageError(f"--compare: unknown modifier {modifier!r} in {name!r} (dp, ldp, "
-                             "fedprox, normbound, attack; dp/ldp/fedprox take =VALUE)")
+                             "fedprox, fedavgm, normbound, attack, lr, epochs)")
         kind, value = match.group(1), match.group(2)
         if value is not None and kind in ("normbound", "attack"):
             raise UsageError(f"--compare: +{kind} takes no value (in {name!r})")
@@ -85,6 +90,9 @@ def _modifier(kind: str, value: str | None, base: Scenario, name: str) -> dict[s
                 "privacy.noise_multiplier": sigma}
     if kind == "fedprox":
         return {"training.fedprox_mu": number if number is not None else DEFAULT_MU}
+    if kind == "fedavgm":
+        return {"aggregation.server_optimizer": "fedavgm",
+                "aggregation.server_lr": number if number is not None else DEFAULT_SERVER_LR}
     if kind == "normbound":
         return {"aggregation.norm_bound": True}
     if kind == "lr":
