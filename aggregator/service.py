@@ -35,7 +35,13 @@ from fedbeat.aggregator.evaluation import SYNTHETIC, Evaluator
 from fedbeat.aggregator.ingest import GROUP_COMMIT, Ingest, OpenRound, Outcome
 from fedbeat.aggregator.model_message import publish_model
 from fedbeat.aggregator.model_store import ModelStore, ModelVersion
-from fedbeat.aggregator.rounds import Decision, RoundPolicy, abort_reason, decide
+from fedbeat.aggregator.rounds import (
+    FINAL_REFUSALS,
+    Decision,
+    RoundPolicy,
+    abort_reason,
+    decide,
+)
 from fedbeat.aggregator.store import RoundRow, StateStore, decode_tensors, encode_tensors
 from fedbeat.aggregator.strategies import (
     Aggregation,
@@ -94,6 +100,27 @@ def build_server_optimizer(config: AggregatorConfig) -> ServerOptimizer:
         raise ConfigError(f"[aggregation] {exc}") from None
 
 
+class RoundAnswers:
+    """Which devices answered the open round without an accepted update (their update was
+    refused for good): in memory only — after a restart the round simply waits as before."""
+
+    def __init__(self, round_id: int = -1) -> None:
+        self.round_id = round_id
+        self.refused: set[str] = set()
+        self.accepted: set[str] = set()
+
+    def note(self, outcome: Outcome) -> None:
+        if outcome.device_id is None or outcome.round_id != self.round_id:
+            return
+        if outcome.accepted:
+            self.accepted.add(outcome.device_id)
+        elif outcome.reason in FINAL_REFUSALS:
+            self.refused.add(outcome.device_id)
+
+    def refused_count(self, round_id: int) -> int:
+        return len(self.refused - self.accepted) if round_id == self.round_id else 0
+
+
 class AggregatorService:
     """One fleet's aggregator; :meth:`start`, then :meth:`run` until stopped."""
 
@@ -126,6 +153,7 @@ class AggregatorService:
                                   r.max_extensions)
         self.async_mode = config.aggregation.strategy == "fedbuff"
         self.inbox: queue.Queue[Delivery] = queue.Queue()
+        self.answered = RoundAnswers()
         self.round: RoundRow | None = None
         self.aggregation: Aggregation | None = None
         self.rounds_closed = 0
@@ -220,6 +248,7 @@ class AggregatorService:
         self.store.open_round(round_id, current.version, deadline, announcement.to_body())
         self.round = self.store.open_round_row()
         self.aggregation = self.strategy.begin(self.layout, current.version)
+        self.answered = RoundAnswers(round_id)
         self._set_round_floor(round_id)
         self._announce(announcement)
         log.info("round %d open: model v%d, deadline in %.0f s", round_id, current.version,
@@ -266,7 +295,8 @@ class AggregatorService:
                 self._close_round()
             return
         decision = decide(self.policy, accepted=accepted, now=self.clock(),
-                          deadline=row.deadline, extensions=row.extensions)
+                          deadline=row.deadline, extensions=row.extensions,
+                          refused=self.answered.refused_count(row.round_id))
         if decision is Decision.CLOSE:
             self._close_round()
         elif decision is Decision.EXTEND:
@@ -376,6 +406,7 @@ class AggregatorService:
                                             open_round, self.aggregation)
         for d, outcome in zip(deliveries, outcomes, strict=True):
             if outcome is not None:
+                self.answered.note(outcome)
                 if outcome.accepted:
                     log.info("round %s: accepted update from %s (%d in)", outcome.round_id,
                              outcome.device_id, len(self.aggregation or ()))

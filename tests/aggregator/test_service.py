@@ -8,6 +8,7 @@ certificates, and the aggregator runs as ``fedbeat aggregator run`` in a child p
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,6 +224,27 @@ def test_deadline_and_minimum_participants(
         assert "minimum 3" in final.reason
     else:
         assert status_of(config)["metrics"][0]["participants"] == answering  # type: ignore[index]
+
+
+def test_a_round_closes_once_every_device_answered_even_if_one_was_refused(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device]) -> None:
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir,
+                          state_dir=tmp_path / "state", rounds__rounds=1,
+                          rounds__min_participants=2, rounds__target_participants=3,
+                          rounds__deadline_s=120.0)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    started = time.monotonic()
+    start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir, ["dev-0", "dev-1"])
+    devices.append(Device(mosquitto.tls_url, fleet_keys / "devices" / "dev-2", model_dir,
+                          tamper=lambda tensors: {n: t * 100 for n, t in tensors.items()}))
+    assert process.wait() == 0, process.output()
+    assert time.monotonic() - started < 60          # not held until the 120 s deadline
+    row = status_of(config)["rounds"][0]  # type: ignore[index]
+    assert row["state"] == "closed"
+    assert status_of(config)["metrics"][0]["participants"] == 2  # type: ignore[index]
+    assert status_of(config)["rejections"] == {"norm_exceeded": 1}
 
 
 def test_fedbuff_accepts_stale_updates_with_staleness_weights(
