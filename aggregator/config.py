@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA
-from fedbeat.broker.tensors import COMPRESSIONS, is_compression
+from fedbeat.broker.tensors import COMPRESSIONS, compressor_from_name
 from fedbeat.device.settings import (
     ConfigError,
     example_text,
@@ -149,7 +149,8 @@ class AggregatorConfig:
             (self.service.log_level in ("debug", "info", "warning", "error"),
              "service.log_level must be debug, info, warning or error"),
             (self.evaluation.split in ("ds1", "ds2"), "evaluation.split must be ds1 or ds2"),
-            (is_compression(r.compression), f"rounds.compression must be {COMPRESSIONS}"),
+            (parses(compressor_from_name, r.compression),
+             f"rounds.compression must be {COMPRESSIONS}"),
             (parses(class_weights, r.class_weight),
              "rounds.class_weight must be empty or comma-separated non-negative numbers, "
              "e.g. 0.3,8.6,3.4,10,10"),

@@ -129,15 +129,6 @@ def compressor_from_name(spec: str) -> Compressor:
     raise ValueError(f"compression must be {COMPRESSIONS}, got {spec!r}")
 
 
-def is_compression(spec: str) -> bool:
-    """Whether :func:`compressor_from_name` accepts ``spec`` (for settings validation)."""
-    try:
-        compressor_from_name(spec)
-    except ValueError:
-        return False
-    return True
-
-
 def encode_tensors(tensors: Mapping[str, np.ndarray], compressor: Compressor) -> list[Any]:
     """Wire list for ``tensors`` in their given order, each compressed by ``compressor``."""
     out = []

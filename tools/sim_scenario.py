@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbeat.aggregator.config import class_weights
-from fedbeat.broker.tensors import COMPRESSIONS, is_compression
+from fedbeat.broker.tensors import COMPRESSIONS, compressor_from_name
 from fedbeat.device.settings import (
     ConfigError,
     example_text,
@@ -177,7 +177,8 @@ class Scenario:
             (a.server_lr > 0 and a.max_update_norm > 0,
              "aggregation.server_lr and max_update_norm must be positive"),
             (a.buffer_size >= 1, "aggregation.buffer_size must be >= 1"),
-            (is_compression(a.compression), f"aggregation.compression must be {COMPRESSIONS}"),
+            (parses(compressor_from_name, a.compression),
+             f"aggregation.compression must be {COMPRESSIONS}"),
             (0 < a.participation <= 1, "aggregation.participation must be in (0, 1]"),
             (a.deadline_s > 0, "aggregation.deadline_s must be positive"),
             (0 <= x.dropout < 1, "faults.dropout must be in [0, 1)"),

@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,8 +283,7 @@ def _devices(scenario: Scenario, fleet: Fleet, stop: threading.Event) -> Iterato
     workers = min(scenario.fleet.workers, len(hosted))
     if workers <= 1:
         host = FleetHost(hosted, scenario)
-        thread = threading.Thread(target=_host_thread, args=(host, stop), daemon=True,
-                                  name="devices")
+        thread = threading.Thread(target=host.run, args=(stop,), daemon=True, name="devices")
         host.start()
         thread.start()
         try:
@@ -309,10 +308,6 @@ def _devices(scenario: Scenario, fleet: Fleet, stop: threading.Event) -> Iterato
                 process.kill()
 
 
-def _host_thread(host: FleetHost, stop: threading.Event) -> None:
-    host.run(stop)
-
-
 def run_simulation(scenario: Scenario, out: Path, on_round: OnRound = lambda line: None, *,
                    with_devices: bool = True, listen: str = "") -> Path:
     """Run ``scenario`` in ``out`` (created); returns ``out``.
@@ -335,7 +330,7 @@ def run_simulation(scenario: Scenario, out: Path, on_round: OnRound = lambda lin
             participation = scenario.aggregation.participation * (1 - scenario.faults.dropout)
             recorder = RoundRecorder(out / "aggregator" / DATABASE, out / "metrics.jsonl",
                                      len(fleet.devices) * participation)
-            devices = _devices(scenario, fleet, stop) if with_devices else _nothing()
+            devices = _devices(scenario, fleet, stop) if with_devices else nullcontext()
             with devices:
                 while agg_thread.is_alive():
                     agg_thread.join(0.5)
@@ -351,11 +346,6 @@ def run_simulation(scenario: Scenario, out: Path, on_round: OnRound = lambda lin
 
     write_report(out)
     return out
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @contextmanager
