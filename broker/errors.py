@@ -43,6 +43,7 @@ class RejectReason(StrEnum):
     DUPLICATE = "duplicate"                    # this device already contributed to the round
     NORM_EXCEEDED = "norm_exceeded"            # update's L2 norm above the configured bound
     NOT_SELECTED = "not_selected"              # the participation rule excludes this device
+    SECAGG_VIOLATION = "secagg_violation"      # a SecAgg message out of order or against the rules
 
 
 class Rejected(Exception):  # noqa: N818 - a verdict on input, not a bug

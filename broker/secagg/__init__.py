@@ -1,0 +1,1 @@
+"""Secure aggregation (SecAgg with the SecAgg+ neighbour graph); docs/protocol.md §10."""

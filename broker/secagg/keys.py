@@ -1,0 +1,89 @@
+"""Per-round keys of one device: agreement (X25519 + HKDF) and the share channel (AEAD).
+
+Each device makes two fresh X25519 key pairs per round (Bonawitz et al. 2017, §4): the *cipher*
+pair encrypts the secret shares it sends to each neighbour through the aggregator, so the
+aggregator relays them without reading them; the *mask* pair agrees, with each neighbour, the
+seed of their pairwise mask. The mask private key is itself secret-shared, so the survivors can
+cancel the masks of a device that drops out after masking began. Fresh keys per round mean that
+reconstructing a dropped device's key reveals nothing about any other round.
+
+Every derived key is bound by HKDF ``info`` to the fleet, the round, the vector shape and, for
+the share channel, to the direction (sender → recipient), so no ciphertext or seed can be
+replayed into another round or reflected back to its sender.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedbeat.broker.errors import Rejected, RejectReason
+from fedbeat.broker.secagg.params import RoundContext
+
+PUBLIC_KEY_BYTES = 32
+_NONCE = bytes(12)     # each derived share key encrypts exactly one message
+
+
+@dataclass(frozen=True)
+class RoundKeys:
+    """A device's two key pairs for one round."""
+
+    cipher: X25519PrivateKey
+    mask: X25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> RoundKeys:
+        return cls(X25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+    def public(self) -> tuple[bytes, bytes]:
+        """(cipher public key, mask public key), 32 raw bytes each."""
+        return (self.cipher.public_key().public_bytes_raw(),
+                self.mask.public_key().public_bytes_raw())
+
+
+def load_public(raw: bytes) -> X25519PublicKey:
+    try:
+        return X25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise Rejected(RejectReason.MALFORMED, "not an X25519 public key") from None
+
+
+def agree(private: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
+    """32 bytes from X25519 then HKDF-SHA256; a low-order peer key is refused."""
+    try:
+        shared = private.exchange(load_public(peer_public))
+    except ValueError:
+        raise Rejected(RejectReason.MALFORMED, "peer key is of low order") from None
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+
+
+def pair_seed(mask_key: X25519PrivateKey, peer_mask_public: bytes, context: RoundContext) -> bytes:
+    """The seed both ends of an edge derive for their pairwise mask (symmetric in u and v)."""
+    return agree(mask_key, peer_mask_public, context.label("pair-mask"))
+
+
+def _channel_key(cipher_key: X25519PrivateKey, peer_cipher_public: bytes, context: RoundContext,
+                 sender: str, recipient: str) -> tuple[bytes, bytes]:
+    direction = f"\x00{sender}\x00{recipient}".encode()
+    key = agree(cipher_key, peer_cipher_public, context.label("share") + direction)
+    return key, context.label("share-ad") + direction
+
+
+def seal_shares(plaintext: bytes, cipher_key: X25519PrivateKey, recipient_cipher_public: bytes,
+                context: RoundContext, sender: str, recipient: str) -> bytes:
+    key, associated = _channel_key(cipher_key, recipient_cipher_public, context, sender, recipient)
+    return ChaCha20Poly1305(key).encrypt(_NONCE, plaintext, associated)
+
+
+def open_shares(ciphertext: bytes, cipher_key: X25519PrivateKey, sender_cipher_public: bytes,
+                context: RoundContext, sender: str, recipient: str) -> bytes:
+    key, associated = _channel_key(cipher_key, sender_cipher_public, context, sender, recipient)
+    try:
+        return ChaCha20Poly1305(key).decrypt(_NONCE, ciphertext, associated)
+    except InvalidTag:
+        raise Rejected(RejectReason.DECRYPT_FAILED, "share ciphertext does not open") from None
