@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA
+from fedbeat.broker.rounds import DP_MODES, MAX_SECAGG_BITS
 from fedbeat.broker.tensors import COMPRESSIONS, compressor_from_name
 from fedbeat.device.settings import (
     ConfigError,
@@ -63,8 +64,9 @@ class RoundsSection:
     learning_rate: float = setting(0.01, "local learning rate")
     optimizer: str = setting("sgd", "local optimizer: sgd, adam or adamw")
     fedprox_mu: float = setting(0.0, "FedProx proximal term (0 = FedAvg)")
-    dp_mode: str = setting("none", "local DP: none, update (clip + Gaussian noise on the update) "
-                              "or dpsgd (per-example clipping and noise in training)")
+    dp_mode: str = setting("none", "DP: none, update (clip + Gaussian noise on the update), "
+                              "dpsgd (per-example clipping and noise in training) or ddg "
+                              "(distributed discrete Gaussian: needs [secagg] enabled)")
     clip_norm: float = setting(1.0, "DP clipping norm C")
     noise_multiplier: float = setting(0.0, "DP noise multiplier sigma (noise std = sigma * C)")
     class_weight: str = setting("", "loss weight per class, comma-separated in the model's "
@@ -94,6 +96,20 @@ class AggregationSection:
 
 
 @dataclass(frozen=True)
+class SecAggSection:
+    enabled: bool = setting(False, "secure aggregation: the aggregator learns only the sum of "
+                                   "the updates (needs aggregation.strategy = fedavg without "
+                                   "norm_bound: robust rules must see each update)")
+    bits: int = setting(20, "ring bits per value (2-20): updates are clipped to "
+                            "rounds.clip_norm and quantised into Z_(2^bits)")
+    dropout_tolerance: float = setting(0.3, "fraction of devices that may drop out mid-protocol "
+                                            "before a round must abort; sets the neighbour "
+                                            "graph's degree")
+    stage_timeout_s: float = setting(30.0, "seconds each protocol stage after training waits "
+                                           "for devices")
+
+
+@dataclass(frozen=True)
 class EvaluationSection:
     data: str = setting("", "MIT-BIH directory for server-side evaluation after every round, "
                             "or synthetic (held-out simulated patients); empty disables it")
@@ -111,8 +127,8 @@ class ServiceSection:
 
 SECTIONS: dict[str, type] = {
     "fleet": FleetSection, "model": ModelSection, "rounds": RoundsSection,
-    "aggregation": AggregationSection, "evaluation": EvaluationSection,
-    "service": ServiceSection,
+    "aggregation": AggregationSection, "secagg": SecAggSection,
+    "evaluation": EvaluationSection, "service": ServiceSection,
 }
 
 
@@ -122,6 +138,7 @@ class AggregatorConfig:
     model: ModelSection = field(default_factory=ModelSection)
     rounds: RoundsSection = field(default_factory=RoundsSection)
     aggregation: AggregationSection = field(default_factory=AggregationSection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     service: ServiceSection = field(default_factory=ServiceSection)
     base_dir: Path = Path(".")     # relative paths in the file are relative to the file
@@ -131,8 +148,19 @@ class AggregatorConfig:
         return (self.base_dir / value).resolve() if value else Path()
 
     def validate(self) -> None:
-        r, a = self.rounds, self.aggregation
+        r, a, s = self.rounds, self.aggregation, self.secagg
         checks = [
+            (r.dp_mode in DP_MODES, f"rounds.dp_mode must be one of {', '.join(DP_MODES)}"),
+            (r.dp_mode != "ddg" or s.enabled,
+             "rounds.dp_mode = ddg adds each device's share of the noise to a secure sum: "
+             "set [secagg] enabled = true"),
+            (not s.enabled or r.dp_mode != "update",
+             "with [secagg] enabled use rounds.dp_mode = ddg (distributed noise on the sum) "
+             "instead of update (noise on every update)"),
+            (not s.enabled or 2 <= s.bits <= MAX_SECAGG_BITS,
+             f"secagg.bits must be between 2 and {MAX_SECAGG_BITS}"),
+            (0 <= s.dropout_tolerance < 0.5 and 0 < s.stage_timeout_s <= 86_400,
+             "secagg.dropout_tolerance must be in [0, 0.5) and stage_timeout_s in (0, 86400]"),
             (1 <= r.min_participants <= r.target_participants,
              "rounds.min_participants must be >= 1 and <= target_participants"),
             (r.deadline_s > 0, "rounds.deadline_s must be positive"),

@@ -10,7 +10,7 @@ it. The strategy admits an update before its row is written, so a written row al
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fedbeat.aggregator.store import AcceptedUpdate, StateStore
 from fedbeat.aggregator.strategies.aggregate import MAX_ABS_DELTA
 from fedbeat.aggregator.strategies.base import Aggregation, ClientUpdate, check_update
-from fedbeat.broker.envelope import MessageType
+from fedbeat.broker.envelope import MessageType, SignedMessage
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.messages import Receiver, open_update
 from fedbeat.broker.rounds import participates
@@ -72,7 +72,9 @@ class Ingest:
         return self.process_many([(topic, payload)], open_round, aggregation)[0]
 
     def process_many(self, messages: Sequence[tuple[str, bytes]], open_round: OpenRound | None,
-                     aggregation: Aggregation | None) -> list[Outcome | None]:
+                     aggregation: Aggregation | None, *,
+                     secure: Callable[[SignedMessage], Outcome] | None = None
+                     ) -> list[Outcome | None]:
         """Handle several waiting MQTT messages, ``(topic, payload)``, under one commit.
 
         Each goes through the same steps as :meth:`process`, in order, and each accepted one is
@@ -82,17 +84,28 @@ class Ingest:
         fails it raises, and the aggregation then holds updates the database does not: the
         caller must drop it and rebuild the round from the store (the service exits and
         recovers on restart).
+
+        ``secure`` takes the verified secure-aggregation stage messages of a SecAgg round
+        (``aggregator/secure_round.py``); without one they are refused as ``not_open``.
         """
         with self.store.transaction():
-            return [self._process_one(topic, payload, open_round, aggregation)
+            return [self._process_one(topic, payload, open_round, aggregation, secure)
                     for topic, payload in messages]
 
     def _process_one(self, topic: str, payload: bytes, open_round: OpenRound | None,
-                     aggregation: Aggregation | None) -> Outcome | None:
+                     aggregation: Aggregation | None,
+                     secure: Callable[[SignedMessage], Outcome] | None) -> Outcome | None:
         try:
             message = self.receiver.receive(topic, payload)
         except Rejected as rejected:
             return Outcome(False, rejected.reason, rejected.detail)
+        if message is not None and message.header.type is MessageType.SECAGG:
+            outcome = secure(message) if secure is not None else Outcome(
+                False, RejectReason.NOT_OPEN, "no secure-aggregation round is open",
+                message.header.sender, message.header.round)
+            if outcome.reason is not None:
+                self.receiver.rejections.add(outcome.reason)
+            return outcome
         if message is None or message.header.type is not MessageType.UPDATE:
             return None
         header = message.header

@@ -42,6 +42,7 @@ from fedbeat.aggregator.rounds import (
     abort_reason,
     decide,
 )
+from fedbeat.aggregator.secure_round import Progress, SecureRoundDriver
 from fedbeat.aggregator.store import RoundRow, StateStore, decode_tensors, encode_tensors
 from fedbeat.aggregator.strategies import (
     Aggregation,
@@ -58,7 +59,7 @@ from fedbeat.broker.identity import AggregatorIdentity
 from fedbeat.broker.messages import Receiver, sign_plain
 from fedbeat.broker.registry import DeviceRegistry, fleet_key_resolver
 from fedbeat.broker.replay import ReplayGuard
-from fedbeat.broker.rounds import Announcement, TrainingConfig
+from fedbeat.broker.rounds import Announcement, SecAggConfig, TrainingConfig
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
 
 log = logging.getLogger("fedbeat.aggregator")
@@ -68,6 +69,8 @@ CRASH_ENV = "FEDBEAT_TEST_CRASH_AT"
 SIGKILL itself the N-th time it reaches ``point`` (see :meth:`AggregatorService._crash_point`)."""
 
 DATABASE = "aggregator.sqlite"
+EPSILON_DELTA = 1e-5
+"""δ of the (ε, δ) the aggregator reports for distributed-DP (DDG) rounds."""
 MODELS = "models"
 TICK_S = 0.1
 
@@ -137,6 +140,15 @@ class AggregatorService:
         self.models.initialize()
         self.layout = self.models.layout
         self.strategy = build_strategy(config)
+        self.secure_mode = config.secagg.enabled
+        if self.secure_mode and (self.strategy.needs_individual_updates
+                                 or config.aggregation.strategy != "fedavg"):
+            raise ConfigError(
+                f"[secagg] reveals only the sum of the updates, but aggregation.strategy = "
+                f"{config.aggregation.strategy!r}"
+                f"{' with norm_bound' if config.aggregation.norm_bound else ''} must see each "
+                "update: use strategy = \"fedavg\" without norm_bound (devices clip to "
+                "rounds.clip_norm themselves), or turn secure aggregation off")
         self.optimizer = build_server_optimizer(config)
         saved = self.store.get_blob("server_optimizer")
         if saved is not None:
@@ -156,6 +168,7 @@ class AggregatorService:
         self.answered = RoundAnswers()
         self.round: RoundRow | None = None
         self.aggregation: Aggregation | None = None
+        self.secure: SecureRoundDriver | None = None
         self.rounds_closed = 0
         self.evaluator = self._evaluator()
         self.client: MqttClient | None = None
@@ -224,6 +237,12 @@ class AggregatorService:
         if row is None:
             self._open_next_round()
             return
+        if row.announcement.get("mode") == "secagg" and current.round_id != row.round_id:
+            # The devices' ephemeral keys and our protocol state died with the old process.
+            self.round = row
+            self._abort(row, "the aggregator restarted during secure aggregation; the round "
+                             "cannot resume (no update was accepted individually)")
+            return
         log.info("resuming round %d", row.round_id)
         self.round, self.aggregation = row, self.strategy.begin(self.layout, row.model_version)
         for stored in self.store.accepted_updates(row.round_id):
@@ -250,8 +269,12 @@ class AggregatorService:
         self.aggregation = self.strategy.begin(self.layout, current.version)
         self.answered = RoundAnswers(round_id)
         self._set_round_floor(round_id)
+        if self.secure_mode:
+            self.secure = SecureRoundDriver(announcement, self.identity.fleet, self.layout,
+                                            self.identity.sealing_key, self._send_secagg)
         self._announce(announcement)
-        log.info("round %d open: model v%d, deadline in %.0f s", round_id, current.version,
+        log.info("round %d open%s: model v%d, deadline in %.0f s", round_id,
+                 " (secure aggregation)" if self.secure_mode else "", current.version,
                  self.config.rounds.deadline_s)
 
     def _set_round_floor(self, round_id: int) -> None:
@@ -268,13 +291,16 @@ class AggregatorService:
         training = TrainingConfig(r.epochs, r.batch_size, r.learning_rate, r.optimizer,
                                   r.fedprox_mu, r.dp_mode, r.clip_norm, r.noise_multiplier,
                                   r.compression, class_weights(r.class_weight))
-        a = self.config.aggregation
+        a, s = self.config.aggregation, self.config.secagg
         target = a.buffer_size if self.async_mode else r.target_participants
+        mode = "async" if self.async_mode else "secagg" if s.enabled else "sync"
+        secagg = SecAggConfig(s.bits, s.dropout_tolerance, s.stage_timeout_s) if s.enabled \
+            else SecAggConfig()
         return Announcement(round_id, model.version, model.params_sha256, int(deadline * 1000),
                             min(r.min_participants, target), target, r.participation_fraction,
-                            seed, training, state, reason,
-                            mode="async" if self.async_mode else "sync",
-                            max_staleness=a.max_staleness if self.async_mode else 0)
+                            seed, training, state, reason, mode=mode,
+                            max_staleness=a.max_staleness if self.async_mode else 0,
+                            secagg=secagg)
 
     def _announce(self, announcement: Announcement) -> None:
         assert self.client is not None
@@ -288,6 +314,13 @@ class AggregatorService:
         current = self.models.current_version()
         if current != row.model_version and self.models.current().round_id != row.round_id:
             self._abort(row, f"model rolled back to v{current} by an operator")
+            return
+        if self.secure is not None:
+            progress = self.secure.tick(self.clock())
+            if progress is Progress.FINISHED:
+                self._close_round()
+            elif progress is Progress.ABORTED:
+                self._abort(row, f"secure aggregation: {self.secure.reason}")
             return
         accepted = len(self.aggregation or ())
         if self.async_mode:      # a FedBuff buffer closes when full; there is no deadline
@@ -319,8 +352,10 @@ class AggregatorService:
                                 announcement=announcement.to_body())
         self._announce(announcement)
         log.warning("round %d aborted: %s", row.round_id, reason)
+        self._save_secure_metrics(row.round_id)
         self.round = None
         self.aggregation = None
+        self.secure = None
         self._publish_model(self.models.current())
         self._open_next_round()
 
@@ -329,7 +364,10 @@ class AggregatorService:
         assert row is not None
         assert aggregation is not None
         started = time.perf_counter()
-        result = aggregation.result()
+        if self.secure is not None and self.secure.result is not None:
+            result, participants = self.secure.result, len(self.secure.contributors)
+        else:
+            result, participants = aggregation.result(), len(aggregation)
         base = self.models.get(row.model_version)
         params = self.optimizer.step(np.array(base.params, dtype=np.float32), result,
                                      self.layout)
@@ -341,7 +379,7 @@ class AggregatorService:
                 log.error("round %d: recomputed model differs from the committed v%d",
                           row.round_id, version.version)
         else:
-            metrics = {"participants": float(len(aggregation)), "weight": float(result.weight)}
+            metrics = {"participants": float(participants), "weight": float(result.weight)}
             version = self.models.commit(params, round_id=row.round_id, metrics=metrics)
         self._crash_point("after-model-commit")
         self._publish_model(version)
@@ -353,23 +391,53 @@ class AggregatorService:
                      version.version, evaluation["data"], evaluation.get("macro_f1_nsvf"))
         self.store.save_round_metrics(row.round_id, {
             "evaluation": evaluation,
-            "model_version": version.version, "participants": len(aggregation),
+            "model_version": version.version, "participants": participants,
             "dropped": list(result.dropped), "weight": result.weight,
             "delta_norm": float(np.linalg.norm(params - base.params)),
             "close_s": time.perf_counter() - started,
-            "rejections": self.store.rejection_counts()})
+            "rejections": self.store.rejection_counts(),
+            **self._secure_metrics()})
         self.store.finish_round(row.round_id, "closed", result_version=version.version,
                                 reason="", optimizer_state=encode_tensors(
                                     self.optimizer.state_dict()),
                                 announcement=announcement.to_body())
         self._crash_point("after-round-closed")
         self._announce(announcement)
-        log.info("round %d closed: %d update(s) → model v%d", row.round_id, len(aggregation),
+        log.info("round %d closed: %d update(s) → model v%d", row.round_id, participants,
                  version.version)
         self.rounds_closed += 1
         self.round = None
         self.aggregation = None
+        self.secure = None
         self._open_next_round()
+
+    def _secure_metrics(self) -> dict[str, Any]:
+        """The secure round's overhead and, with DDG noise, the ε of its sum (δ = 1e-5)."""
+        if self.secure is None:
+            return {}
+        earlier = [m["secagg"]["contributors"] for m in self.store.round_metrics()
+                   if m.get("secagg") and m["secagg"].get("contributors")
+                   and m["round"] != self.secure.announcement.round]
+        contributors = len(self.secure.contributors)
+        return {"secagg": {**self.secure.overhead.as_dict(), "contributors": contributors,
+                           "epsilon_round": self.secure.epsilon(EPSILON_DELTA, []),
+                           "epsilon_total": self.secure.epsilon(EPSILON_DELTA, earlier),
+                           "delta": EPSILON_DELTA, "reason": self.secure.reason}}
+
+    def _save_secure_metrics(self, round_id: int) -> None:
+        if self.secure is not None:
+            self.store.save_round_metrics(round_id, self._secure_metrics())
+
+    def _send_secagg(self, device_id: str, data: bytes) -> None:
+        """A secure-aggregation stage message to one device's inbox (signed, not sealed:
+        shares inside are already end-to-end encrypted, the rest is public)."""
+        assert self.client is not None
+        assert self.round is not None
+        header = Header.new(MessageType.DIRECT, fleet=self.identity.fleet,
+                            sender=AGGREGATOR_ID, round=self.round.round_id)
+        body = {"kind": "secagg", "round": self.round.round_id, "message": data}
+        self.client.publish_message(self.topics.inbox(device_id),
+                                    sign_plain(header, body, self.identity.signing_key))
 
     def _publish_model(self, version: ModelVersion) -> None:
         assert self.client is not None
@@ -402,8 +470,9 @@ class AggregatorService:
                 ann["participation_fraction"],
                 self.config.aggregation.max_staleness if self.async_mode else None,
                 self._noised_norm_bound(ann["training"]))
-        outcomes = self.ingest.process_many([(d.topic, d.payload) for d in deliveries],
-                                            open_round, self.aggregation)
+        outcomes = self.ingest.process_many(
+            [(d.topic, d.payload) for d in deliveries], open_round, self.aggregation,
+            secure=self.secure.receive if self.secure is not None else None)
         for d, outcome in zip(deliveries, outcomes, strict=True):
             if outcome is not None:
                 self.answered.note(outcome)

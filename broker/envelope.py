@@ -47,6 +47,7 @@ class MessageType(StrEnum):
     MODEL = "model"      # aggregator: global model
     DIRECT = "direct"    # aggregator → one device (its inbox)
     UPDATE = "update"    # device: model update, sealed to the aggregator
+    SECAGG = "secagg"    # device: a secure-aggregation stage message, sealed to the aggregator
     STATUS = "status"    # device or aggregator: presence and progress
 
     def allows_sender(self, sender: str) -> bool:

@@ -34,8 +34,11 @@ DEFAULT_MAX_ELEMENTS = 4_000_000      # 16 MB of float32 once decoded
 
 LOSSLESS = Float32()
 DEFAULT_LIMITS = ReassemblyLimits()
-_REPLAY_CHECKED = (MessageType.UPDATE, MessageType.DIRECT)
-_DEVICE_TOPIC_TYPES = {"update": MessageType.UPDATE, "status": MessageType.STATUS}
+_REPLAY_CHECKED = (MessageType.UPDATE, MessageType.SECAGG, MessageType.DIRECT)
+# A device's update topic carries everything it seals to the aggregator: plain-round updates
+# and secure-aggregation stage messages (one ACL line, one subscription, one ordered queue).
+_DEVICE_TOPIC_TYPES = {"update": (MessageType.UPDATE, MessageType.SECAGG),
+                       "status": (MessageType.STATUS,)}
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,33 @@ def seal_update(header: Header, update: Update, *, signing_key: Ed25519PrivateKe
     """Encode, seal to the aggregator (bound to ``header``), then sign: the bytes to publish."""
     if header.type is not MessageType.UPDATE:
         raise ValueError("seal_update needs an UPDATE header")
+    return _seal(header, encode_update(update, compressor), signing_key, aggregator_key)
+
+
+def seal_secagg(header: Header, body: bytes, *, signing_key: Ed25519PrivateKey,
+                aggregator_key: X25519PublicKey) -> bytes:
+    """A secure-aggregation stage message (``broker.secagg.wire`` bytes), sealed and signed.
+
+    Sealed although masked inputs and relayed shares are already hidden: the unmasking stage
+    carries Shamir shares in the clear of SecAgg, and only the aggregator may collect them.
+    """
+    if header.type is not MessageType.SECAGG:
+        raise ValueError("seal_secagg needs a SECAGG header")
+    return _seal(header, body, signing_key, aggregator_key)
+
+
+def _seal(header: Header, plaintext: bytes, signing_key: Ed25519PrivateKey,
+          aggregator_key: X25519PublicKey) -> bytes:
     header_bytes = header.encode()
-    sealed = crypto.seal(encode_update(update, compressor), aggregator_key, header_bytes)
+    sealed = crypto.seal(plaintext, aggregator_key, header_bytes)
     return envelope.sign(header, sealed, signing_key, header_bytes)
+
+
+def open_secagg(message: SignedMessage, sealing_key: X25519PrivateKey) -> bytes:
+    """The plaintext stage message of a verified SECAGG message (still to be decoded)."""
+    if message.header.type is not MessageType.SECAGG:
+        raise Rejected(RejectReason.UNKNOWN_TYPE, "not a secure-aggregation message")
+    return crypto.open_sealed(message.payload, sealing_key, message.header_bytes)
 
 
 def open_update(message: SignedMessage, sealing_key: X25519PrivateKey, **limits: Any) -> Update:
@@ -173,7 +200,7 @@ class Receiver:
         if device_topic is not None:
             if device_topic.kind == "inbox":         # the aggregator writes to a device's inbox
                 return AGGREGATOR_ID, (MessageType.DIRECT,)
-            return device_topic.device_id, (_DEVICE_TOPIC_TYPES[device_topic.kind],)
+            return device_topic.device_id, _DEVICE_TOPIC_TYPES[device_topic.kind]
         if topic == self.topics.round:
             return AGGREGATOR_ID, (MessageType.ROUND,)
         if topic == self.topics.model or topic.startswith(self.topics.model + "/"):

@@ -20,6 +20,9 @@ from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.tensors import compressor_from_name
 
 ROUND_STATES = ("open", "closed", "aborted")
+ROUND_MODES = ("sync", "async", "secagg")
+DP_MODES = ("none", "update", "dpsgd", "ddg")
+MAX_SECAGG_BITS = 20
 
 
 MAX_CLASSES = 16
@@ -34,7 +37,9 @@ class TrainingConfig:
     learning_rate: float = 0.01
     optimizer: str = "sgd"
     fedprox_mu: float = 0.0
-    dp_mode: str = "none"            # "none", "update" (clip + noise the update) or "dpsgd"
+    # "none", "update" (clip + noise the update), "dpsgd", or "ddg" (distributed discrete
+    # Gaussian shares under secure aggregation: each device adds a share of the central noise)
+    dp_mode: str = "none"
     clip_norm: float = 1.0
     noise_multiplier: float = 0.0
     compression: str = "f32"          # how the update's tensors travel (broker/tensors.py)
@@ -47,8 +52,9 @@ class TrainingConfig:
             raise ValueError("epochs must be 1-1000 and batch_size 1-65536")
         if not (0 < self.learning_rate < 10 and self.fedprox_mu >= 0):
             raise ValueError("learning_rate must be in (0, 10) and fedprox_mu >= 0")
-        if self.dp_mode not in ("none", "update", "dpsgd"):
-            raise ValueError(f"dp_mode must be none, update or dpsgd, got {self.dp_mode!r}")
+        if self.dp_mode not in DP_MODES:
+            raise ValueError(f"dp_mode must be one of {', '.join(DP_MODES)}, got "
+                             f"{self.dp_mode!r}")
         if not (self.clip_norm > 0 and self.noise_multiplier >= 0):
             raise ValueError("clip_norm must be > 0 and noise_multiplier >= 0")
         compressor_from_name(self.compression)
@@ -64,6 +70,29 @@ def _floats(mapping: Mapping[Any, Any], key: str) -> tuple[float, ...]:
     if len(items) > MAX_CLASSES:
         raise Rejected(RejectReason.MALFORMED, f"training {key}: more than {MAX_CLASSES} values")
     return tuple(cbor.field({key: item}, key, float, "training") for item in items)
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation for a ``mode = "secagg"`` round (``broker/secagg``, protocol.md §10).
+
+    ``bits``: the ring Z_(2^bits) updates are quantised into; ``dropout_tolerance``: the
+    fraction of devices that may drop out at any stage before the round has to abort (it sets
+    the neighbour graph's degree); ``stage_timeout_s``: how long the aggregator waits for each
+    protocol stage after training.
+    """
+
+    bits: int = 0
+    dropout_tolerance: float = 0.3
+    stage_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        if not 0 <= self.bits <= MAX_SECAGG_BITS:
+            raise ValueError(f"secagg bits must be between 2 and {MAX_SECAGG_BITS}")
+        if not 0.0 <= self.dropout_tolerance < 0.5:
+            raise ValueError("secagg dropout_tolerance must be in [0, 0.5)")
+        if not (math.isfinite(self.stage_timeout_s) and 0 < self.stage_timeout_s <= 86_400):
+            raise ValueError("secagg stage_timeout_s must be in (0, 86400]")
 
 
 @dataclass(frozen=True)
@@ -84,12 +113,15 @@ class Announcement:
     # "sync": train from model_version and answer this round only. "async" (FedBuff): train
     # whenever possible from any version at most max_staleness behind; the round id names the
     # buffer being filled.
+    # "secagg": like "sync", but the aggregator learns only the sum of the updates (SecAgg).
     mode: str = "sync"
     max_staleness: int = 0
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def to_body(self) -> dict[str, Any]:
         body = asdict(self)
         body["training"] = asdict(self.training)
+        body["secagg"] = asdict(self.secagg)
         return body
 
     @classmethod
@@ -127,7 +159,8 @@ class Announcement:
             state=cbor.field(body, "state", str, "round"),
             reason=cbor.field(body, "reason", str, "round"),
             mode=cbor.field(body, "mode", str, "round"),
-            max_staleness=cbor.bounded_int(body, "max_staleness", "round", lo=0, hi=2**31))
+            max_staleness=cbor.bounded_int(body, "max_staleness", "round", lo=0, hi=2**31),
+            secagg=_secagg_config(body["secagg"]))
         try:
             announcement.validate()
         except ValueError as exc:
@@ -138,8 +171,15 @@ class Announcement:
         self.training.validate()
         if self.state not in ROUND_STATES:
             raise ValueError(f"round state must be one of {ROUND_STATES}")
-        if self.mode not in ("sync", "async"):
-            raise ValueError("round mode must be sync or async")
+        if self.mode not in ROUND_MODES:
+            raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}")
+        self.secagg.validate()
+        if (self.mode == "secagg") != (self.secagg.bits >= 2):
+            raise ValueError("a secagg round needs secagg bits (2-20); other rounds none")
+        if self.training.dp_mode == "ddg" and self.mode != "secagg":
+            raise ValueError("dp_mode ddg needs a secagg round")
+        if self.mode == "secagg" and self.training.dp_mode == "update":
+            raise ValueError("update-level DP noise under secagg is superseded by dp_mode ddg")
         if not 0.0 < self.participation_fraction <= 1.0 or \
                 not math.isfinite(self.participation_fraction):
             raise ValueError("participation_fraction must be in (0, 1]")
@@ -148,6 +188,16 @@ class Announcement:
         if len(self.model_sha256) != 64 or len(self.participation_seed) > 128 or \
                 len(self.reason) > 512:
             raise ValueError("model hash, seed or reason has the wrong length")
+
+
+def _secagg_config(value: object) -> SecAggConfig:
+    mapping = cbor.as_mapping(value, "secagg")
+    if set(mapping) != set(SecAggConfig.__dataclass_fields__):
+        raise Rejected(RejectReason.MALFORMED, "secagg config has unexpected fields")
+    return SecAggConfig(bits=cbor.bounded_int(mapping, "bits", "secagg", lo=0, hi=64),
+                        dropout_tolerance=cbor.field(mapping, "dropout_tolerance", float,
+                                                     "secagg"),
+                        stage_timeout_s=cbor.field(mapping, "stage_timeout_s", float, "secagg"))
 
 
 def participates(device_id: str, round_id: int, seed: str, fraction: float) -> bool:

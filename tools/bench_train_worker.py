@@ -35,7 +35,6 @@ import argparse  # noqa: E402 - the environment must be set before numpy is impo
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
@@ -48,6 +47,7 @@ import numpy as np  # noqa: E402
 from fedbeat.models.params import Params  # noqa: E402
 from fedbeat.models.spec import NUM_CLASSES, RR_FEATURES, WINDOW_SAMPLES  # noqa: E402
 from fedbeat.models.zoo import Architecture, create_architecture  # noqa: E402
+from fedbeat.tools.process_memory import peak_rss_mb, ru_maxrss_mb  # noqa: E402
 
 if TYPE_CHECKING:
     from fedbeat.device.trainer import TrainConfig, Trainer
@@ -459,34 +459,10 @@ def final_report(job: Job, steps: int) -> dict[str, Any]:
         "batch_size": job.batch_size,
         "steps": steps,
         "peak_rss_mb": peak_rss_mb(),
-        "ru_maxrss_mb": _ru_maxrss_mb(),
+        "ru_maxrss_mb": ru_maxrss_mb(),
         "torch_imported": "torch" in sys.modules,
         "onnxruntime_imported": "onnxruntime" in sys.modules,
     }
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB: ``VmHWM`` from /proc where there is one.
-
-    Not ``ru_maxrss`` on Linux: the kernel folds the high-water mark of the address space a
-    process had *before* ``exec`` into it, and a child forked (or vforked) from the benchmark
-    parent starts with the parent's whole RSS, so ``ru_maxrss`` reports at least the parent's
-    size (about 150 MB here, onnx and onnxruntime loaded). ``VmHWM`` belongs to the address space
-    created by ``exec``: the engine's own peak.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return _ru_maxrss_mb()
-
-
-def _ru_maxrss_mb() -> float:
-    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0   # bytes there, KiB here
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Job:

@@ -50,7 +50,8 @@ def cli() -> None:
     """
 
 
-@click.group(cls=LazyGroup, lazy={"robust": "fedbeat.tools.robust_experiment:robust"})
+@click.group(cls=LazyGroup, lazy={"robust": "fedbeat.tools.robust_experiment:robust",
+                                  "ddg": "fedbeat.tools.ddg_experiment:ddg"})
 def experiment() -> None:
     """Reproducible measurements on real data (their figures go in docs/results.md)."""
 

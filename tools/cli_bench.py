@@ -13,6 +13,7 @@ _BENCHMARKS = {
     "ingest": "fedbeat.tools.bench_ingest:ingest",
     "device": "fedbeat.tools.bench_device:device",
     "simulate": "fedbeat.tools.bench_simulate:simulate",
+    "secagg": "fedbeat.tools.bench_secagg:secagg",
 }
 
 

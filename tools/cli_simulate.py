@@ -32,7 +32,8 @@ OVERRIDES = {
     "participation": "aggregation.participation", "deadline_s": "aggregation.deadline_s",
     "dropout": "faults.dropout", "straggler_median_s": "faults.straggler_median_s",
     "malicious": "faults.malicious", "attack": "faults.attack",
-    "attack_scale": "faults.attack_scale",
+    "attack_scale": "faults.attack_scale", "secagg": "aggregation.secagg",
+    "secagg_bits": "aggregation.secagg_bits",
 }
 """Flag (parameter name) → scenario setting it overrides."""
 
@@ -62,8 +63,9 @@ def _options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--class-weight", help="global [default]: the fleet's balanced class "
                                             "weights, announced; local: each device balances "
                                             "its own labels; or N,S,V,F,Q."),
-        click.option("--dp", "dp_mode", type=click.Choice(["none", "dpsgd", "update"]),
-                     help="Local DP: dpsgd (sample-level) or update (user-level) [none]."),
+        click.option("--dp", "dp_mode", type=click.Choice(["none", "dpsgd", "update", "ddg"]),
+                     help="DP: dpsgd (sample-level), update (user-level, local) or ddg "
+                          "(user-level, distributed noise; needs --secagg) [none]."),
         click.option("--sigma", "noise_multiplier", type=float,
                      help="DP noise multiplier [default 1.0]."),
         click.option("--clip", "clip_norm", type=float, help="DP clipping norm [default 1.0]."),
@@ -81,6 +83,10 @@ def _options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--norm-bound", is_flag=True, default=None,
                      help="Clip updates to the norm bound before aggregating."),
         click.option("--compression", help="f32 [default], f16, i8 or topk:FRACTION."),
+        click.option("--secagg", is_flag=True, default=None,
+                     help="Secure aggregation (SecAgg+): the aggregator sees only the sum."),
+        click.option("--secagg-bits", type=click.IntRange(2, 20),
+                     help="Ring bits per value under --secagg [20]."),
         click.option("--participation", type=click.FloatRange(0.01, 1.0),
                      help="Fraction of devices asked each round [1.0]."),
         click.option("--deadline", "deadline_s", type=float,
@@ -139,13 +145,16 @@ def simulate(scenario_file: Path | None, write_scenario: Path | None, data_dir: 
       fedbeat simulate                                 # simulated patients, a few minutes
       fedbeat simulate --data $FEDBEAT_DATA --devices 22 --rounds 20
       fedbeat simulate --dp dpsgd --sigma 1.1 --malicious 0.2 --strategy krum
+      fedbeat simulate --secagg --dp ddg --sigma 1.0 --clip 0.5
       fedbeat simulate --devices 1000 --partition iid --workers 2
       fedbeat simulate --compare centralized,fedavg,fedavg+dp,krum+attack --malicious 0.2
 
     \b
     --compare variants: a base (centralized, fedavg, trimmed-mean, median, krum,
     fedbuff) and modifiers: +dp[=SIGMA] (DP-SGD on the devices), +ldp[=SIGMA]
-    (user-level: clip and noise the update), +fedprox[=MU], +fedavgm[=LR]
+    (user-level: clip and noise the update), +secagg (secure aggregation),
+    +ddg[=SIGMA] (secure aggregation with distributed discrete Gaussian
+    noise), +fedprox[=MU], +fedavgm[=LR]
     (server momentum), +normbound,
     +lr=LR, +epochs=E, +attack (only variants marked +attack get the
     scenario's attackers).

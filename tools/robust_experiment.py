@@ -310,6 +310,28 @@ class LocalTraining:
         return out
 
 
+def balanced_training(trainer: Trainer, devices: Sequence[Device],
+                      config: RobustConfig) -> LocalTraining:
+    """Local training with the fleet's balanced class weights, shared by every device (the
+    weights a secure sum of the devices' label histograms would give the aggregator)."""
+    labels = np.concatenate([d.beats.labels for d in devices if d.beats.labels is not None])
+    weights = balanced_class_weight(labels, len(trainer.manifest.inputs.classes))
+    return LocalTraining(trainer, devices, config, weights)
+
+
+def scorer(trainer: Trainer, test: Sequence[RecordBeats]) -> Callable[[np.ndarray], AamiMetrics]:
+    """A function that scores flat global parameters on ``test`` (AAMI metrics)."""
+    windows, rr, test_labels = stack(list(test))
+    test_beats = trainer.beats(windows, rr)
+    layout = trainer.manifest.layout
+
+    def score(params: np.ndarray) -> AamiMetrics:
+        trainer.params = Params.from_flat(layout, params)
+        return AamiMetrics.from_labels(test_labels, trainer.predict(test_beats).argmax(axis=1))
+
+    return score
+
+
 # -- one round of one variant ----------------------------------------------------------------
 
 def _tensors(layout: ParamLayout, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -378,16 +400,8 @@ def run_experiment(model_dir: ModelDir, train: Sequence[RecordBeats],
         raise ValueError(f"{len(devices)} devices are too few for an honest majority")
     attackers = choose_attackers([d.device_id for d in devices], config.attacker_fraction,
                                  seed=config.seed)
-    labels = np.concatenate([d.beats.labels for d in devices if d.beats.labels is not None])
-    weights = balanced_class_weight(labels, len(model_dir.manifest.inputs.classes))
-    training = LocalTraining(trainer, devices, config, weights)
-    windows, rr, test_labels = stack(list(test))
-    test_beats = trainer.beats(windows, rr)
-
-    def score(params: np.ndarray) -> AamiMetrics:
-        trainer.params = Params.from_flat(layout, params)
-        return AamiMetrics.from_labels(test_labels, trainer.predict(test_beats).argmax(axis=1))
-
+    training = balanced_training(trainer, devices, config)
+    score = scorer(trainer, test)
     runs = [VariantRun(v, initial.to_flat()) for v in variants]
     optimizers = {v.name: create_server_optimizer("sgd") for v in variants}
     seconds = {"train": 0.0, "aggregate": 0.0, "evaluate": 0.0}

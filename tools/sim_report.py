@@ -522,6 +522,42 @@ def rejections_chart(records: Sequence[Record]) -> str:
                      x_label="reason", y_label="updates")
 
 
+def secagg_section(records: Sequence[Record]) -> str:
+    """What secure aggregation cost per round: protocol traffic through the aggregator, its
+    compute, how many devices reached each stage, and the ε of the DDG sum."""
+    secured = [(str(round_of(r, i)), mapping(r.get("secagg"))) for i, r in enumerate(records)
+               if mapping(r.get("secagg"))]
+    if not secured:
+        return ""
+    rounds = [name for name, _ in secured]
+    traffic = [Series(label, [(i, number(m.get(key))) for i, (_, m) in enumerate(secured)],
+                      PALETTE[j]) for j, (label, key) in enumerate(
+                          (("devices → aggregator", "bytes_in"),
+                           ("aggregator → devices", "bytes_out")))]
+    peak = max((number(m.get(k)) or 0.0 for _, m in secured for k in ("bytes_in", "bytes_out")),
+               default=0.0)
+    scale, unit = next(((s, u) for s, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
+                        if peak >= s), (1.0, "B"))
+    chart = bar_chart("Secure-aggregation traffic per round", rounds, traffic,
+                      x_label="round", y_label=f"bytes ({unit})", value_format=fmt_bytes,
+                      scale=scale)
+    rows = []
+    for name, m in secured:
+        stages = mapping(m.get("stages"))
+        rows.append([esc(name), *(esc(fmt(stages.get(k))) for k in
+                                  ("advertised", "shared", "masked", "revealed")),
+                     esc(fmt_bytes(number(m.get("bytes_in")) or 0.0)),
+                     esc(fmt_bytes(number(m.get("bytes_out")) or 0.0)),
+                     esc(fmt(m.get("compute_s"))), esc(fmt(m.get("epsilon_total"), 2)),
+                     esc(str(m.get("reason") or ""))])
+    return chart + numbers_table(
+        ("Round", "Keys", "Shares", "Masked", "Unmask", "In", "Out", "Aggregator s", "ε (DDG)",
+         "Abort reason"), rows) + (
+        '<p class="note">Devices per protocol stage (advertised keys, shared keys, sent a '
+        "masked input, answered the unmasking); the aggregator learned only the sum of the "
+        "masked devices' updates.</p>")
+
+
 def aami_table(records: Sequence[Record]) -> str:
     evaluated = evaluations(records)
     if not evaluated:
@@ -593,10 +629,12 @@ def render(run_dir: Path, records: Sequence[Record], config: Mapping[str, Any]) 
                                   "patients: these figures say nothing about arrhythmia "
                                   "detection on real ECG.")
     no_rounds = "" if records else empty("No rounds were recorded.")
+    secure = secagg_section(records)
     body = sections([("Per-class F1 and macro-F1", f1_chart(records)),
                      ("Training loss", loss_chart(records)),
                      ("Privacy budget spent", epsilon_chart(records)),
                      ("Update traffic", bytes_chart(records)),
+                     *([("Secure aggregation overhead", secure)] if secure else []),
                      ("Participation", participation_chart(records)),
                      ("Rejected updates", rejections_chart(records)),
                      ("Final AAMI metrics", aami_table(records)),

@@ -66,8 +66,10 @@ class TrainingSection:
 
 @dataclass(frozen=True)
 class PrivacySection:
-    dp: str = setting("none", "none, dpsgd (per-example clipping and noise on the device) or "
-                              "update (clip the whole update and add noise: user-level)")
+    dp: str = setting("none", "none, dpsgd (per-example clipping and noise on the device), "
+                              "update (clip the whole update and add noise: user-level) or "
+                              "ddg (each device adds a share of central noise to a secure "
+                              "sum: needs aggregation.secagg)")
     noise_multiplier: float = setting(1.0, "sigma: noise std = sigma x clip_norm")
     clip_norm: float = setting(1.0, "clipping norm C")
     epsilon_budget: float = setting(10.0, "each device refuses rounds beyond this epsilon")
@@ -90,6 +92,9 @@ class AggregationSection:
     compression: str = setting("f32", f"update encoding: {COMPRESSIONS}")
     participation: float = setting(1.0, "fraction of devices asked each round")
     deadline_s: float = setting(120.0, "seconds a round stays open")
+    secagg: bool = setting(False, "secure aggregation: the aggregator learns only the sum of "
+                                  "the clipped, quantised updates (strategy fedavg only)")
+    secagg_bits: int = setting(20, "secure aggregation: ring bits per value (2-20)")
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,16 @@ class Scenario:
              "training.class_weight must be global, local or five numbers N,S,V,F,Q"),
             (t.fedprox_mu >= 0 and t.min_beats >= 1,
              "training.fedprox_mu must be >= 0 and min_beats >= 1"),
-            (p.dp in ("none", "dpsgd", "update"), "privacy.dp must be none, dpsgd or update"),
+            (p.dp in ("none", "dpsgd", "update", "ddg"),
+             "privacy.dp must be none, dpsgd, update or ddg"),
+            (p.dp != "ddg" or a.secagg, "privacy.dp = ddg needs aggregation.secagg (--secagg): "
+                                        "the noise shares only protect a secure sum"),
+            (not a.secagg or (a.strategy == "fedavg" and not a.norm_bound),
+             "secure aggregation reveals only the sum: robust strategies and norm bounding "
+             "must see each update; use --strategy fedavg without --norm-bound"),
+            (not a.secagg or p.dp != "update",
+             "with secure aggregation use --dp ddg (distributed noise) instead of update"),
+            (2 <= a.secagg_bits <= 20, "aggregation.secagg_bits must be between 2 and 20"),
             (p.noise_multiplier >= 0 and p.clip_norm > 0,
              "privacy.noise_multiplier must be >= 0 and clip_norm > 0"),
             (p.epsilon_budget > 0 and 0 < p.delta < 1,

@@ -5,7 +5,9 @@ A variant is a base and modifiers, e.g. ``fedavg``, ``fedavg+dp=1.1``, ``krum+at
 - bases: ``centralized`` (one model on the union of the devices' beats, one epoch per round
   times the local epochs: the yardstick) or an aggregation strategy;
 - ``+dp[=SIGMA]`` DP-SGD on the devices (sample-level), ``+ldp[=SIGMA]`` clip and noise the
-  whole update (user-level), ``+fedprox[=MU]``, ``+fedavgm[=SERVER_LR]`` (server momentum
+  whole update (user-level), ``+secagg`` (secure aggregation), ``+ddg[=SIGMA]`` (secure
+  aggregation with distributed discrete Gaussian noise: user-level, central-DP utility),
+  ``+fedprox[=MU]``, ``+fedavgm[=SERVER_LR]`` (server momentum
   0.9), ``+normbound``, ``+lr=LR`` and ``+epochs=E``
   (local, or the centralized run's), and ``+attack``: only variants marked so get the
   scenario's attackers, so one comparison shows a clean FedAvg beside a poisoned one.
@@ -24,7 +26,7 @@ from fedbeat.tools.sim_scenario import STRATEGIES, Scenario
 
 BASES = ("centralized", *STRATEGIES)
 _MODIFIER = re.compile(
-    r"^(dp|ldp|fedprox|fedavgm|normbound|attack|lr|epochs)(?:=([0-9.eE+-]+))?$")
+    r"^(dp|ldp|ddg|secagg|fedprox|fedavgm|normbound|attack|lr|epochs)(?:=([0-9.eE+-]+))?$")
 DEFAULT_SIGMA = 1.0
 DEFAULT_MU = 0.01
 DEFAULT_SERVER_LR = 1.0
@@ -61,16 +63,16 @@ def _scenario_of(name: str, base: Scenario) -> Scenario:
     overrides: dict[str, Any] = {"faults.malicious": 0.0, "privacy.dp": "none",
                                  "aggregation.norm_bound": False, "training.fedprox_mu": 0.0,
                                  "aggregation.server_optimizer": "sgd",
-                                 "aggregation.server_lr": 1.0}
+                                 "aggregation.server_lr": 1.0, "aggregation.secagg": False}
     if head != "centralized":
         overrides["aggregation.strategy"] = head
     for modifier in modifiers:
         match = _MODIFIER.match(modifier)
         if match is None:
             raise UsageError(f"--compare: unknown modifier {modifier!r} in {name!r} (dp, ldp, "
-                             "fedprox, fedavgm, normbound, attack, lr, epochs)")
+                             "ddg, secagg, fedprox, fedavgm, normbound, attack, lr, epochs)")
         kind, value = match.group(1), match.group(2)
-        if value is not None and kind in ("normbound", "attack"):
+        if value is not None and kind in ("normbound", "attack", "secagg"):
             raise UsageError(f"--compare: +{kind} takes no value (in {name!r})")
         if value is None and kind in ("lr", "epochs"):
             raise UsageError(f"--compare: +{kind} needs a value, e.g. +{kind}=0.01 (in {name!r})")
@@ -83,11 +85,14 @@ def _scenario_of(name: str, base: Scenario) -> Scenario:
 
 def _modifier(kind: str, value: str | None, base: Scenario, name: str) -> dict[str, Any]:
     number = None if value is None else float(value)
-    if kind in ("dp", "ldp"):
+    if kind in ("dp", "ldp", "ddg"):
         sigma = number if number is not None else (base.privacy.noise_multiplier
                                                    or DEFAULT_SIGMA)
-        return {"privacy.dp": "dpsgd" if kind == "dp" else "update",
-                "privacy.noise_multiplier": sigma}
+        secure = {"aggregation.secagg": True} if kind == "ddg" else {}
+        return {"privacy.dp": {"dp": "dpsgd", "ldp": "update", "ddg": "ddg"}[kind],
+                "privacy.noise_multiplier": sigma, **secure}
+    if kind == "secagg":
+        return {"aggregation.secagg": True}
     if kind == "fedprox":
         return {"training.fedprox_mu": number if number is not None else DEFAULT_MU}
     if kind == "fedavgm":

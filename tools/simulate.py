@@ -113,6 +113,11 @@ def expected_participants(scenario: Scenario, devices: int) -> tuple[int, int]:
     mean = devices * p
     target = devices if p >= 1 else max(1, math.floor(mean - 2 * math.sqrt(mean * (1 - p))))
     minimum = max(1, target // 2)
+    if scenario.aggregation.secagg:
+        # Key advertisement closes at the target: a secure sum of one or two devices would be
+        # no secret at all, so wait for at least three (and abort below two).
+        target = min(devices, max(target, 3))
+        minimum = min(target, max(minimum, 2))
     if scenario.aggregation.strategy == "krum":
         # Multi-Krum tolerates f attackers only among n >= 2f + 3 updates.
         minimum = min(devices, max(minimum, 2 * krum_byzantine(scenario) + 3))
@@ -144,6 +149,7 @@ def _aggregator_config(scenario: Scenario, fleet: Fleet, url: str) -> Path:
         "aggregation.server_lr": a.server_lr, "aggregation.max_update_norm": a.max_update_norm,
         "aggregation.norm_bound": a.norm_bound, "aggregation.buffer_size": a.buffer_size,
         "aggregation.krum_byzantine": krum_byzantine(scenario),
+        "secagg.enabled": a.secagg, "secagg.bits": a.secagg_bits,
         "evaluation.data": ("synthetic" if scenario.synthetic
                             else str(Path(scenario.fleet.data).resolve())),
         "evaluation.split": "ds2", "service.seed": scenario.fleet.seed}), encoding="utf-8")
@@ -202,6 +208,10 @@ def _broker(scenario: Scenario, fleet: Fleet, listen: str) -> Iterator[tuple[str
         broker.stop()
 
 
+DDG_EPSILON_KEY = "every device (distributed DP)"
+"""Under DDG every contributor gets the same ε from the secure sum: one curve for all."""
+
+
 class RoundRecorder:
     """Turns the aggregator's state into ``metrics.jsonl`` lines as rounds finish."""
 
@@ -246,13 +256,20 @@ class RoundRecorder:
         for u in updates:
             if "epsilon" in u["metrics"]:
                 self.epsilon[u["device_id"]] = u["metrics"]["epsilon"]
+        participants, sent = len(updates), sum(u["bytes"] for u in updates)
+        secure = (metrics or {}).get("secagg")
+        if secure:        # the aggregator saw only the sum: count from the protocol instead
+            participants, sent = secure["contributors"], secure["bytes_in"] + secure["bytes_out"]
+            if secure.get("epsilon_total") is not None:
+                self.epsilon[DDG_EPSILON_KEY] = secure["epsilon_total"]
         return {
             "round": round_id, "state": state,
             "model_version": (metrics or {}).get("model_version"),
-            "participants": len(updates),
-            "dropouts": max(0, round(self.expected) - len(updates)),
+            "participants": participants,
+            "dropouts": max(0, round(self.expected) - participants),
             "rejections": store.rejection_counts(),
-            "bytes": sum(u["bytes"] for u in updates),
+            "bytes": sent,
+            "secagg": secure,
             "loss": sum(losses) / len(losses) if losses else None,
             "epsilon": dict(self.epsilon),
             "seconds": round(self._lap(), 3),

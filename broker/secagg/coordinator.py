@@ -115,6 +115,9 @@ class Coordinator:
                 self._take_masked(device_id, message)
             case Phase.UNMASK, RevealedShares():
                 self._take_revealed(device_id, message)
+            case _, AdvertiseKeys():
+                raise Rejected(RejectReason.NOT_OPEN, "key advertisement has closed; this "
+                                                      "round goes on without the device")
             case _:
                 raise Rejected(RejectReason.SECAGG_VIOLATION,
                                f"{type(message).__name__} during {self.phase.name.lower()}")

@@ -53,37 +53,48 @@ def load_public(raw: bytes) -> X25519PublicKey:
         raise Rejected(RejectReason.MALFORMED, "not an X25519 public key") from None
 
 
-def agree(private: X25519PrivateKey, peer_public: bytes, info: bytes) -> bytes:
-    """32 bytes from X25519 then HKDF-SHA256; a low-order peer key is refused."""
+def exchange(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    """The raw X25519 shared secret; a low-order peer key is refused."""
     try:
-        shared = private.exchange(load_public(peer_public))
+        return private.exchange(load_public(peer_public))
     except ValueError:
         raise Rejected(RejectReason.MALFORMED, "peer key is of low order") from None
+
+
+def _derive(shared: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
 
 
 def pair_seed(mask_key: X25519PrivateKey, peer_mask_public: bytes, context: RoundContext) -> bytes:
     """The seed both ends of an edge derive for their pairwise mask (symmetric in u and v)."""
-    return agree(mask_key, peer_mask_public, context.label("pair-mask"))
+    return _derive(exchange(mask_key, peer_mask_public), context.label("pair-mask"))
 
 
-def _channel_key(cipher_key: X25519PrivateKey, peer_cipher_public: bytes, context: RoundContext,
-                 sender: str, recipient: str) -> tuple[bytes, bytes]:
-    direction = f"\x00{sender}\x00{recipient}".encode()
-    key = agree(cipher_key, peer_cipher_public, context.label("share") + direction)
-    return key, context.label("share-ad") + direction
+class ShareChannel:
+    """The sealed channel between this device and one neighbour, both directions.
 
+    One X25519 exchange serves both: each direction gets its own key (HKDF ``info`` names
+    sender and recipient), so a ciphertext cannot be reflected back to its sender.
+    """
 
-def seal_shares(plaintext: bytes, cipher_key: X25519PrivateKey, recipient_cipher_public: bytes,
-                context: RoundContext, sender: str, recipient: str) -> bytes:
-    key, associated = _channel_key(cipher_key, recipient_cipher_public, context, sender, recipient)
-    return ChaCha20Poly1305(key).encrypt(_NONCE, plaintext, associated)
+    def __init__(self, cipher_key: X25519PrivateKey, peer_cipher_public: bytes,
+                 context: RoundContext, me: str, peer: str) -> None:
+        self._shared = exchange(cipher_key, peer_cipher_public)
+        self._context = context
+        self._me, self._peer = me, peer
 
+    def _key(self, sender: str, recipient: str) -> tuple[ChaCha20Poly1305, bytes]:
+        direction = f"\x00{sender}\x00{recipient}".encode()
+        key = _derive(self._shared, self._context.label("share") + direction)
+        return ChaCha20Poly1305(key), self._context.label("share-ad") + direction
 
-def open_shares(ciphertext: bytes, cipher_key: X25519PrivateKey, sender_cipher_public: bytes,
-                context: RoundContext, sender: str, recipient: str) -> bytes:
-    key, associated = _channel_key(cipher_key, sender_cipher_public, context, sender, recipient)
-    try:
-        return ChaCha20Poly1305(key).decrypt(_NONCE, ciphertext, associated)
-    except InvalidTag:
-        raise Rejected(RejectReason.DECRYPT_FAILED, "share ciphertext does not open") from None
+    def seal(self, plaintext: bytes) -> bytes:
+        aead, associated = self._key(self._me, self._peer)
+        return aead.encrypt(_NONCE, plaintext, associated)
+
+    def open(self, ciphertext: bytes) -> bytes:
+        aead, associated = self._key(self._peer, self._me)
+        try:
+            return aead.decrypt(_NONCE, ciphertext, associated)
+        except InvalidTag:
+            raise Rejected(RejectReason.DECRYPT_FAILED, "share ciphertext does not open") from None

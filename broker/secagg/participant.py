@@ -24,7 +24,7 @@ import numpy as np
 
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import ring, shamir
-from fedbeat.broker.secagg.keys import RoundKeys, open_shares, pair_seed, seal_shares
+from fedbeat.broker.secagg.keys import RoundKeys, ShareChannel, pair_seed
 from fedbeat.broker.secagg.params import RoundContext
 from fedbeat.broker.secagg.wire import (
     AdvertiseKeys,
@@ -62,6 +62,7 @@ class Participant:
         self._keys: RoundKeys | None = RoundKeys.generate()
         self._self_seed: bytes | None = secrets.token_bytes(ring.SEED_BYTES)
         self._peers: dict[str, Peer] = {}
+        self._channels: dict[str, ShareChannel] = {}
         self._received: dict[str, tuple[int, int]] = {}    # neighbour → (self share, key share)
         self._masked_with: frozenset[str] = frozenset()
 
@@ -93,9 +94,10 @@ class Participant:
         for peer in peers.values():
             plaintext = (shamir.share_to_bytes(seed_shares[peer.index])
                          + shamir.share_to_bytes(key_shares[peer.index]))
-            sealed.append((peer.device_id, seal_shares(
-                plaintext, keys.cipher, peer.cipher_public, self.context, self.device_id,
-                peer.device_id)))
+            channel = ShareChannel(keys.cipher, peer.cipher_public, self.context, self.device_id,
+                                   peer.device_id)
+            self._channels[peer.device_id] = channel
+            sealed.append((peer.device_id, channel.seal(plaintext)))
         self._peers = peers
         self.stage = Stage.MASK
         return EncryptedShares(tuple(sealed))
@@ -109,11 +111,10 @@ class Participant:
         if np.any(vector > ring.modulus_mask(bits)):
             raise ValueError(f"input outside Z_(2^{bits})")
         for sender, ciphertext in message.ciphertexts:
-            peer = self._peers.get(sender)
-            if peer is None:
+            channel = self._channels.get(sender)
+            if channel is None:
                 raise _refuse("shares relayed from a device that is not a neighbour")
-            plaintext = open_shares(ciphertext, keys.cipher, peer.cipher_public, self.context,
-                                    sender, self.device_id)
+            plaintext = channel.open(ciphertext)
             self._received[sender] = (
                 shamir.share_from_bytes(plaintext[:shamir.SHARE_BYTES]),
                 shamir.share_from_bytes(plaintext[shamir.SHARE_BYTES:]))
@@ -153,3 +154,4 @@ class Participant:
         self._keys = None
         self._self_seed = None
         self._received.clear()
+        self._channels.clear()

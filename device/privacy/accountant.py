@@ -52,7 +52,7 @@ DEFAULT_ORDERS: tuple[float, ...] = (
 )
 """Rényi orders α: ``dp-accounting``'s ``RdpAccountant`` grid (Opacus's default stops at 63)."""
 
-DP_MODES = ("none", "update", "dpsgd")
+DP_MODES = ("none", "update", "dpsgd", "ddg")
 """A round's ``dp_mode`` (``fedbeat.broker.rounds.TrainingConfig``)."""
 
 _MAX_FRAC_TERMS = 1000
@@ -292,6 +292,11 @@ def accounted_step(*, mode: str, noise_multiplier: float, sample_rate: float = 1
       datasets of this patient, whose clipped updates can differ by up to 2C (the diameter of
       the clipping ball). Charged as (σ/2, 1): a user-level (patient-level) guarantee, which
       implies the record-level one.
+    - ``"ddg"``: the device's clipped update enters a secure sum that carries the distributed
+      discrete Gaussian's noise; ``noise_multiplier`` is the Gaussian-equivalent multiplier
+      ``ddg_accounting.equivalent_noise_multiplier`` derives (an upper bound on the sum's RDP
+      at every order, Kairouz et al. Theorem 1), for adding or removing this device's whole
+      contribution: charged as (σ_eq, 1), user-level.
     - ``"none"``: no noise: charged as (0, 1), i.e. ε = ∞.
     """
     if mode == "dpsgd":
@@ -300,6 +305,9 @@ def accounted_step(*, mode: str, noise_multiplier: float, sample_rate: float = 1
     if mode == "update":
         _check_mechanism(noise_multiplier, 1.0)
         return noise_multiplier / 2.0, 1.0
+    if mode == "ddg":
+        _check_mechanism(noise_multiplier, 1.0)
+        return noise_multiplier, 1.0
     if mode == "none":
         return 0.0, 1.0
     raise ValueError(f"mode must be one of {', '.join(DP_MODES)}, got {mode!r}")

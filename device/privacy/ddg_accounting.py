@@ -45,6 +45,19 @@ def ddg_rdp(params: DdgParams, devices: int,
     return np.minimum(alphas * scale**2 / 2 + t * d, alphas / 2 * (scale + t * math.sqrt(d)) ** 2)
 
 
+def equivalent_noise_multiplier(params: DdgParams, devices: int) -> float:
+    """σ_eq whose Gaussian RDP α/(2σ_eq²) bounds :func:`ddg_rdp` at every order.
+
+    The second term of Theorem 1's minimum is exactly a Gaussian mechanism's RDP with
+    multiplier 1 / (Δ/(√n σ) + τ√d), so a device's ledger can charge that (conservative) value.
+    """
+    if params.noise_multiplier == 0:
+        return 0.0
+    scale = params.rounded_norm_bound / (math.sqrt(devices) * params.local_stddev)
+    t = tau(params.local_stddev / params.granularity, devices)
+    return 1.0 / (scale + t * math.sqrt(params.padded_dim))
+
+
 def ddg_epsilon(params: DdgParams, devices_per_round: Sequence[int], delta: float) -> float:
     """(ε, δ) after the rounds listed (each entry: that round's number of contributors)."""
     total = np.zeros(len(DEFAULT_ORDERS))

@@ -51,7 +51,8 @@ class Spend:
     """One round's use of the privacy budget, as the round's ``TrainingConfig`` asked for it.
 
     ``mode`` is ``"dpsgd"`` (``steps`` DP-SGD steps with Poisson rate ``sample_rate``),
-    ``"update"`` (one clipped, noised update: ``sample_rate`` 1, ``steps`` 1) or ``"none"``
+    ``"update"`` (one clipped, noised update: ``sample_rate`` 1, ``steps`` 1), ``"ddg"`` (one
+    update in a secure sum with distributed discrete Gaussian noise, same shape) or ``"none"``
     (no DP: ε becomes infinite). ``noise_multiplier`` is σ, the noise std over the clip norm.
     """
 
@@ -90,6 +91,9 @@ class Spend:
                     f"q={self.sample_rate:g} steps={self.steps}")
         if self.mode == "update":
             return f"round {self.round_id}: update-level σ={self.noise_multiplier:g}"
+        if self.mode == "ddg":
+            return (f"round {self.round_id}: distributed discrete Gaussian "
+                    f"σ_eq={self.noise_multiplier:g}")
         return f"round {self.round_id}: no differential privacy"
 
 

@@ -33,17 +33,28 @@ from fedbeat.broker.client import ClientOptions, MqttClient, TlsFiles, Will
 from fedbeat.broker.envelope import Header, MessageType
 from fedbeat.broker.errors import Rejected
 from fedbeat.broker.identity import DeviceIdentity
-from fedbeat.broker.messages import Receiver, Update, open_plain, seal_update, sign_plain
+from fedbeat.broker.messages import (
+    Receiver,
+    Update,
+    open_plain,
+    seal_secagg,
+    seal_update,
+    sign_plain,
+)
 from fedbeat.broker.model_body import ReceivedModel, receive_model
 from fedbeat.broker.rounds import Announcement, participates
 from fedbeat.broker.tensors import compressor_from_name
 from fedbeat.broker.topics import FleetTopics
 from fedbeat.device.config import DeviceConfig, SourceError
+from fedbeat.device.privacy.ddg_accounting import equivalent_noise_multiplier
 from fedbeat.device.privacy.ledger import BudgetExhausted, PrivacyLedger, Spend
+from fedbeat.device.privacy.noise import SecureRandom
+from fedbeat.device.privacy.secure_round import ddg_params, flatten, secure_round
 from fedbeat.device.privacy.update_dp import clip_and_noise
 from fedbeat.device.runtime.beat_store import BeatStore
 from fedbeat.device.runtime.global_model import GlobalModel
 from fedbeat.device.runtime.outbox import Outbox
+from fedbeat.device.runtime.secagg_session import SecAggSession
 from fedbeat.models.manifest import load_model_dir
 
 if TYPE_CHECKING:
@@ -143,6 +154,7 @@ class DeviceService:
         self._power_answer: tuple[float, str] = (-math.inf, "")
         self.offered: dict[int, ReceivedModel] = {}      # verified models not (yet) installed
         self.rounds_trained = 0
+        self.secagg: SecAggSession | None = None
         self._storage_warned = -math.inf
         self.source_done = False
         self.client: MqttClient | None = None
@@ -276,6 +288,8 @@ class DeviceService:
             self._install(announcement.model_version, wanted, allow_older=True)
         if announcement.state != "open":
             self.outbox.expire_rounds_before(announcement.round + 1)
+            if self.secagg is not None and self.secagg.round_id <= announcement.round:
+                self.secagg = None            # the round is over: its secrets go with it
         log.info("round %d %s (model v%d)", announcement.round, announcement.state,
                  announcement.model_version)
 
@@ -350,6 +364,12 @@ class DeviceService:
         return bool(np.all(np.isfinite(self._runner().predict(self._runner().beats(windows, rr)))))
 
     def _on_direct(self, body: Any) -> None:
+        if body.get("kind") == "secagg":
+            session = self.secagg
+            if session is not None and body.get("round") == session.round_id and \
+                    isinstance(body.get("message"), bytes):
+                session.on_message(body["message"])
+            return
         if body.get("kind") != "receipt" or not isinstance(body.get("nonce"), bytes):
             return
         if self.outbox.answered(body["nonce"], bool(body.get("accepted")),
@@ -374,7 +394,7 @@ class DeviceService:
         if not participates(self.me, a.round, a.participation_seed, a.participation_fraction):
             return
         version = self.global_model.version
-        if a.mode == "sync" and version != a.model_version:
+        if a.mode in ("sync", "secagg") and version != a.model_version:
             return                       # wait for the announced model to arrive
         if a.mode == "async" and not 0 <= a.model_version - version <= a.max_staleness:
             return
@@ -397,9 +417,13 @@ class DeviceService:
             if self.config.training.require_dp:
                 return "the round asks for no differential privacy, and this device requires it"
         else:
+            try:
+                planned = self._planned_spend(a)
+            except ValueError as exc:        # e.g. a secagg ring too small for the round
+                return f"the round's privacy parameters do not work: {exc}"
             refusal = self.ledger.refusal_reason(
                 budget_epsilon=self.config.training.epsilon_budget,
-                delta=self.config.training.delta, planned_spend=self._planned_spend(a))
+                delta=self.config.training.delta, planned_spend=planned)
             if refusal:
                 return refusal
         if a.training.optimizer not in self.model_dir.manifest.optimizers:
@@ -439,6 +463,10 @@ class DeviceService:
             q = self._sample_rate(a)
             return Spend(str(a.round), "dpsgd", t.noise_multiplier, sample_rate=q,
                          steps=t.epochs * max(1, round(1 / q)))
+        if t.dp_mode == "ddg":
+            params = ddg_params(a, self.layout)
+            return Spend(str(a.round), "ddg",
+                         equivalent_noise_multiplier(params, params.min_devices))
         return Spend(str(a.round), "update", t.noise_multiplier)
 
     def _runner(self) -> Trainer:
@@ -484,18 +512,11 @@ class DeviceService:
         losses = result.losses[np.isfinite(result.losses)]
         metrics = {"loss": float(losses[-1]) if losses.size else 0.0,
                    "train_s": time.perf_counter() - started}
-        if t.dp_mode != "none":
-            # Charged before the update can leave: a crash after this point costs budget but
-            # never releases an unaccounted update.
-            try:
-                self.ledger.record(self._planned_spend(a), now=time.time(),
-                                   budget_epsilon=self.config.training.epsilon_budget,
-                                   delta=self.config.training.delta)
-            except BudgetExhausted as exc:
-                log.warning("round %d: not sending: %s", a.round, exc.reason)
-                self.outbox.skip(a.round, exc.reason)
-                return
-            metrics["epsilon"] = self.ledger.spent(self.config.training.delta)
+        if a.mode == "secagg":
+            self._join_secure_aggregation(a, version, tensors)
+            return
+        if not self._charge_privacy(a, metrics):
+            return
         header = Header.new(MessageType.UPDATE, fleet=self.identity.fleet, sender=self.me,
                             round=a.round, model_version=version)
         data = seal_update(header, Update(len(labels), tensors, metrics),
@@ -509,6 +530,52 @@ class DeviceService:
                  "tensors queued", a.round, len(labels), metrics["train_s"], metrics["loss"],
                  len(tensors), len(self.layout.names))
         self._resend()
+
+    def _charge_privacy(self, a: Announcement, metrics: dict[str, float]) -> bool:
+        """Record the round's spend before anything derived from the data leaves; False (and
+        the round skipped) when the budget would be exceeded. A crash after this point costs
+        budget but never releases an unaccounted update."""
+        if a.training.dp_mode == "none":
+            return True
+        try:
+            self.ledger.record(self._planned_spend(a), now=time.time(),
+                               budget_epsilon=self.config.training.epsilon_budget,
+                               delta=self.config.training.delta)
+        except BudgetExhausted as exc:
+            log.warning("round %d: not sending: %s", a.round, exc.reason)
+            self.outbox.skip(a.round, exc.reason)
+            return False
+        metrics["epsilon"] = self.ledger.spent(self.config.training.delta)
+        return True
+
+    def _join_secure_aggregation(self, a: Announcement, version: int,
+                                 tensors: Mapping[str, np.ndarray]) -> None:
+        """Encode the update into the round's ring (clip, rotate, round, DDG noise share) and
+        start the SecAgg session; the aggregator will only ever see the sum."""
+        try:
+            setup = secure_round(a, self.identity.fleet, self.layout)
+        except ValueError as exc:
+            log.error("round %d: cannot take part in secure aggregation: %s", a.round, exc)
+            self.outbox.skip(a.round, f"secure aggregation: {exc}")
+            return
+        if not self._charge_privacy(a, {}):
+            return
+        encoded = setup.encoder.encode(flatten(tensors, self.layout), SecureRandom())
+
+        def send(body: bytes) -> None:
+            header = Header.new(MessageType.SECAGG, fleet=self.identity.fleet, sender=self.me,
+                                round=a.round, model_version=version)
+            if self.client is not None:
+                self.client.publish_message(self.topics.update(self.me), seal_secagg(
+                    header, body, signing_key=self.identity.signing_key,
+                    aggregator_key=self.identity.aggregator_sealing_key))
+
+        self.outbox.skip(a.round, "sent through secure aggregation")
+        self.secagg = SecAggSession(self.me, a.round, setup, encoded, send)
+        self.secagg.start()
+        self.rounds_trained += 1
+        log.info("round %d: trained; joined secure aggregation with %d values of %d bits",
+                 a.round, setup.context.dim, setup.context.bits)
 
     def _training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The newest labelled beats (windows, RR features, labels) to train on."""

@@ -363,3 +363,46 @@ def test_unreadable_evaluation_data_is_a_clear_error(tmp_path: Path, fleet_keys:
     assert result.exit_code == 1
     assert "holds no MIT-BIH records" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_secure_round_cut_by_a_crash_is_aborted_on_restart_and_the_next_opens(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device]) -> None:
+    """SecAgg state (the devices' ephemeral keys, the stage sets) is not persisted: a restart
+    aborts the round it cut, says why, and opens the next one."""
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir,
+                          state_dir=tmp_path / "state", rounds__rounds=3,
+                          secagg__enabled=True, secagg__bits=16)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    device = start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir, ["dev-5"])[0]
+    device.answer_rounds = False
+    first = wait_for_open_round(device, mode="secagg")
+    assert first.secagg.bits == 16
+    assert process.proc is not None
+    process.proc.kill()
+    process.wait()
+    restarted = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    try:
+        nxt = wait_for_open_round(device, mode="secagg")
+        assert nxt.round == first.round + 1
+        rounds = {r["round_id"]: r for r in status_of(config)["rounds"]}  # type: ignore[union-attr]
+        assert rounds[first.round]["state"] == "aborted"
+        assert "restarted during secure aggregation" in rounds[first.round]["reason"]
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.parametrize(("setting", "value"), [("aggregation__strategy", "median"),
+                                                ("aggregation__norm_bound", True)])
+def test_secure_aggregation_refuses_rules_that_must_see_each_update(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        setting: str, value: object) -> None:
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir,
+                          state_dir=tmp_path / "state", secagg__enabled=True,
+                          **{setting: value})
+    result = CliRunner().invoke(cli, ["aggregator", "run", "--config", str(config)])
+    assert result.exit_code != 0
+    assert "reveals only the sum" in result.output
+    assert "Traceback" not in result.output

@@ -165,3 +165,21 @@ def test_bad_parameters_are_refused_with_a_reason(changes: dict[str, object],
                                                   message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DdgParams(**{**PARAMS.__dict__, **changes})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bits", [20, 12, 8])
+def test_device_ledger_charge_bounds_the_ddg_rdp_at_every_order(bits: int) -> None:
+    from fedbeat.device.privacy.accountant import DEFAULT_ORDERS, RdpAccountant
+    from fedbeat.device.privacy.ddg_accounting import equivalent_noise_multiplier
+    from fedbeat.device.privacy.ledger import Spend
+
+    params = DdgParams(dim=4973, clip_norm=1.0, noise_multiplier=1.2, min_devices=11,
+                       max_devices=22, bits=bits)
+    sigma_eq = equivalent_noise_multiplier(params, params.min_devices)
+    accountant = RdpAccountant()
+    Spend("7", "ddg", sigma_eq).charge(accountant)
+    charged = accountant.rdp()
+    assert np.all(charged >= ddg_rdp(params, params.min_devices, DEFAULT_ORDERS) - 1e-12)
+    # and it is not wildly loose: at fine granularity it is the central Gaussian's charge
+    if bits == 20:
+        np.testing.assert_allclose(charged, rdp_gaussian(noise_multiplier=1.2), rtol=1e-3)

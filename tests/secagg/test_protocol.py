@@ -206,8 +206,11 @@ def test_masked_input_alone_reveals_nothing_recognisable() -> None:
 def test_coordinator_refuses_out_of_order_duplicate_and_stranger_messages() -> None:
     inputs = _inputs(5)
     coordinator, participants = _start(inputs, min_participants=3)
-    with pytest.raises(Rejected) as out_of_order:
+    with pytest.raises(Rejected) as late:
         coordinator.receive("dev-000", wire.AdvertiseKeys(bytes(32), bytes(32)))
+    assert late.value.reason is RejectReason.NOT_OPEN
+    with pytest.raises(Rejected) as out_of_order:
+        coordinator.receive("dev-000", wire.RevealedShares((), ()))
     assert out_of_order.value.reason is RejectReason.SECAGG_VIOLATION
     relayed = coordinator.advance()
     message = relayed["dev-001"]
