@@ -33,7 +33,7 @@ OVERRIDES = {
     "dropout": "faults.dropout", "straggler_median_s": "faults.straggler_median_s",
     "malicious": "faults.malicious", "attack": "faults.attack",
     "attack_scale": "faults.attack_scale", "secagg": "aggregation.secagg",
-    "secagg_bits": "aggregation.secagg_bits",
+    "secagg_bits": "aggregation.secagg_bits", "secagg_dropout": "faults.secagg_dropout",
 }
 """Flag (parameter name) → scenario setting it overrides."""
 
@@ -87,6 +87,8 @@ def _options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Secure aggregation (SecAgg+): the aggregator sees only the sum."),
         click.option("--secagg-bits", type=click.IntRange(2, 20),
                      help="Ring bits per value under --secagg [20]."),
+        click.option("--secagg-dropout", type=click.FloatRange(0.0, 0.99),
+                     help="Probability a device goes silent mid-protocol under --secagg [0]."),
         click.option("--participation", type=click.FloatRange(0.01, 1.0),
                      help="Fraction of devices asked each round [1.0]."),
         click.option("--deadline", "deadline_s", type=float,

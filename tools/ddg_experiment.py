@@ -41,7 +41,7 @@ from fedbeat.device.ecg.records import RecordBeats
 from fedbeat.device.privacy.accountant import epsilon_from_rdp, rdp_gaussian
 from fedbeat.device.privacy.ddg import DdgEncoder, DdgParams
 from fedbeat.device.privacy.ddg_accounting import ddg_epsilon
-from fedbeat.device.privacy.noise import SecureRandom
+from fedbeat.device.privacy.noise import RandomSource, SecureRandom
 from fedbeat.device.trainer import Trainer
 from fedbeat.models.manifest import ModelDir
 from fedbeat.models.metrics import AamiMetrics
@@ -105,8 +105,13 @@ def clip(delta: np.ndarray, bound: float) -> np.ndarray:
 
 
 def aggregate(name: str, deltas: dict[str, np.ndarray], privacy: DdgConfig, layout: ParamLayout,
-              round_index: int, seed: int) -> np.ndarray:
-    """The variant's mean update for one round (float64, in layout order)."""
+              round_index: int, seed: int, *,
+              source: Callable[[], RandomSource] = SecureRandom) -> np.ndarray:
+    """The variant's mean update for one round (float64, in layout order).
+
+    ``source`` makes the noise: a fresh cryptographic source per use by default; tests pass
+    seeded ones to compare the variants' noise distributions reproducibly.
+    """
     n = len(deltas)
     total = np.zeros(layout.size)
     for delta in deltas.values():
@@ -114,14 +119,13 @@ def aggregate(name: str, deltas: dict[str, np.ndarray], privacy: DdgConfig, layo
     if name == "clipped":
         return total / n
     if name == "central":
-        total += SecureRandom().normal((layout.size,),
-                                       privacy.noise_multiplier * privacy.clip_norm)
+        total += source().normal((layout.size,), privacy.noise_multiplier * privacy.clip_norm)
         return total / n
     params = DdgParams(dim=layout.size, clip_norm=privacy.clip_norm,
                        noise_multiplier=privacy.noise_multiplier, min_devices=n, max_devices=n,
                        bits=privacy.bits)
     encoder = DdgEncoder(params, f"{seed}/{round_index}".encode())
-    inputs = {d: encoder.encode(v, SecureRandom()) for d, v in deltas.items()}
+    inputs = {d: encoder.encode(v, source()) for d, v in deltas.items()}
     context = RoundContext("experiment", round_index, params.padded_dim, params.bits)
     secure_sum = run_round(inputs, context, min_participants=max(2, n // 2))
     return encoder.decode_sum(secure_sum.vector) / len(secure_sum.contributors)

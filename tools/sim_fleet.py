@@ -133,6 +133,14 @@ def is_offline(seed: int, device: str, round_id: int, dropout: float) -> bool:
     return _unit(seed, "dropout", device, round_id) < dropout
 
 
+def secagg_silence(seed: int, device: str, round_id: int, dropout: float) -> int | None:
+    """The secure-aggregation stage message (1 = keys, 2 = relayed shares, 3 = unmask request)
+    from which ``device`` stops answering in ``round_id``, or None: with probability
+    ``dropout``, at a stage drawn uniformly — a wearable that loses its link mid-protocol."""
+    u = _unit(seed, "secagg-dropout", device, round_id)
+    return 1 + int(3 * u / dropout) if u < dropout else None
+
+
 def straggler_delay(seed: int, device: str, round_id: int, median_s: float,
                     sigma: float) -> float:
     """A log-normal delay with median ``median_s`` (``sigma`` of its logarithm): most devices
@@ -153,6 +161,7 @@ class SimDevice(DeviceService):
         self.seed = seed
         self.malicious = malicious
         self._first_seen: dict[int, float] = {}
+        self._secagg_seen: dict[int, int] = {}
 
     def offline(self, round_id: int) -> bool:
         """Whether this device is offline for ``round_id`` (it neither trains nor answers)."""
@@ -172,6 +181,16 @@ class SimDevice(DeviceService):
             if time.monotonic() - seen < self.delay_s(a.round):
                 return
         super()._maybe_train()
+
+    def _on_direct(self, body: Any) -> None:
+        round_id = body.get("round") if body.get("kind") == "secagg" else None
+        if isinstance(round_id, int):
+            ordinal = self._secagg_seen[round_id] = self._secagg_seen.get(round_id, 0) + 1
+            silent_from = secagg_silence(self.seed, self.me, round_id,
+                                         self.faults.secagg_dropout)
+            if silent_from is not None and ordinal >= silent_from:
+                return                      # gone quiet: the aggregator's stage times out
+        super()._on_direct(body)
 
     def _training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         windows, rr, labels = super()._training_data()

@@ -95,6 +95,8 @@ class AggregationSection:
     secagg: bool = setting(False, "secure aggregation: the aggregator learns only the sum of "
                                   "the clipped, quantised updates (strategy fedavg only)")
     secagg_bits: int = setting(20, "secure aggregation: ring bits per value (2-20)")
+    secagg_stage_timeout_s: float = setting(5.0, "secure aggregation: seconds each protocol "
+                                                 "stage waits for devices")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class FaultsSection:
                                        "gaussian (noise of k x the update's norm) or "
                                        "label-flip (train on N<->V, S and F as N)")
     attack_scale: float = setting(4.0, "k for sign-flip, scale and gaussian")
+    secagg_dropout: float = setting(0.0, "secure aggregation: probability that a device goes "
+                                         "silent mid-protocol, at a random stage after "
+                                         "advertising its keys")
 
 
 SECTIONS: dict[str, type] = {"fleet": FleetSection, "training": TrainingSection,
@@ -181,6 +186,8 @@ class Scenario:
             (not a.secagg or p.dp != "update",
              "with secure aggregation use --dp ddg (distributed noise) instead of update"),
             (2 <= a.secagg_bits <= 20, "aggregation.secagg_bits must be between 2 and 20"),
+            (a.secagg_stage_timeout_s > 0, "aggregation.secagg_stage_timeout_s must be positive"),
+            (0 <= x.secagg_dropout < 1, "faults.secagg_dropout must be in [0, 1)"),
             (p.noise_multiplier >= 0 and p.clip_norm > 0,
              "privacy.noise_multiplier must be >= 0 and clip_norm > 0"),
             (p.epsilon_budget > 0 and 0 < p.delta < 1,

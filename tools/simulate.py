@@ -150,6 +150,7 @@ def _aggregator_config(scenario: Scenario, fleet: Fleet, url: str) -> Path:
         "aggregation.norm_bound": a.norm_bound, "aggregation.buffer_size": a.buffer_size,
         "aggregation.krum_byzantine": krum_byzantine(scenario),
         "secagg.enabled": a.secagg, "secagg.bits": a.secagg_bits,
+        "secagg.stage_timeout_s": a.secagg_stage_timeout_s,
         "evaluation.data": ("synthetic" if scenario.synthetic
                             else str(Path(scenario.fleet.data).resolve())),
         "evaluation.split": "ds2", "service.seed": scenario.fleet.seed}), encoding="utf-8")
