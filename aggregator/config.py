@@ -123,6 +123,10 @@ class ServiceSection:
     log_level: str = setting("info", "debug, info, warning or error")
     max_skew_s: float = setting(300.0, "accepted clock difference between devices and us")
     seed: int = setting(0, "seeds the participation rule and anything random on the server")
+    metrics_port: int = setting(0, "Prometheus metrics on http://metrics_bind:PORT/metrics "
+                                   "(needs the server extra); 0 turns them off")
+    metrics_bind: str = setting("127.0.0.1", "address the metrics endpoint listens on; "
+                                             "0.0.0.0 exposes it beyond this host")
 
 
 SECTIONS: dict[str, type] = {
@@ -177,6 +181,7 @@ class AggregatorConfig:
             (self.service.log_level in ("debug", "info", "warning", "error"),
              "service.log_level must be debug, info, warning or error"),
             (self.evaluation.split in ("ds1", "ds2"), "evaluation.split must be ds1 or ds2"),
+            (0 <= self.service.metrics_port <= 65535, "service.metrics_port must be 0-65535"),
             (parses(compressor_from_name, r.compression),
              f"rounds.compression must be {COMPRESSIONS}"),
             (parses(class_weights, r.class_weight),

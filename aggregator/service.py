@@ -33,6 +33,7 @@ import numpy as np
 from fedbeat.aggregator.config import AggregatorConfig, ConfigError, class_weights
 from fedbeat.aggregator.evaluation import SYNTHETIC, Evaluator
 from fedbeat.aggregator.ingest import GROUP_COMMIT, Ingest, OpenRound, Outcome
+from fedbeat.aggregator.metrics import MetricsUnavailableError, ServiceMetrics
 from fedbeat.aggregator.model_message import publish_model
 from fedbeat.aggregator.model_store import ModelStore, ModelVersion
 from fedbeat.aggregator.rounds import (
@@ -173,6 +174,14 @@ class AggregatorService:
         self.evaluator = self._evaluator()
         self.client: MqttClient | None = None
         self._crash_counts: dict[str, int] = {}
+        self.metrics: ServiceMetrics | None = None
+        self.metrics_port = 0
+        if config.service.metrics_port:
+            try:
+                self.metrics = ServiceMetrics()
+            except MetricsUnavailableError as exc:
+                raise ConfigError(str(exc)) from None
+        self._published_seen = 0
 
     def _evaluator(self) -> Evaluator | None:
         e = self.config.evaluation
@@ -194,6 +203,14 @@ class AggregatorService:
                                  subscriptions={self.topics.all_updates: self.inbox.put},
                                  manual_ack=True)
         log.info("connected to %s (MQTT %s)", self.client.url, self.client.protocol)
+        if self.metrics is not None:
+            s = self.config.service
+            try:
+                self.metrics_port = self.metrics.serve(s.metrics_port, s.metrics_bind)
+            except OSError as exc:
+                raise ConfigError(f"service.metrics_port {s.metrics_port} on {s.metrics_bind}: "
+                                  f"{exc.strerror or exc}; choose a free port") from None
+            log.info("metrics on http://%s:%d/metrics", s.metrics_bind, self.metrics_port)
         self._recover()
         self.client.publish(self.topics.aggregator_status, self._sign_status("online"),
                             retain=True)
@@ -222,6 +239,8 @@ class AggregatorService:
                 self.client.publish(self.topics.aggregator_status,
                                     self._sign_status("offline"), retain=True, wait=False)
             self.client.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
 
     def _done(self) -> bool:
@@ -273,6 +292,9 @@ class AggregatorService:
             self.secure = SecureRoundDriver(announcement, self.identity.fleet, self.layout,
                                             self.identity.sealing_key, self._send_secagg)
         self._announce(announcement)
+        if self.metrics is not None:
+            self.metrics.open_round.set(round_id)
+            self.metrics.model_version.set(current.version)
         log.info("round %d open%s: model v%d, deadline in %.0f s", round_id,
                  " (secure aggregation)" if self.secure_mode else "", current.version,
                  self.config.rounds.deadline_s)
@@ -308,6 +330,7 @@ class AggregatorService:
                             retain=True)
 
     def _tick(self) -> None:
+        self._count_published()
         if self.round is None:
             return
         row = self.round
@@ -353,6 +376,7 @@ class AggregatorService:
         self._announce(announcement)
         log.warning("round %d aborted: %s", row.round_id, reason)
         self._save_secure_metrics(row.round_id)
+        self._count_round("aborted")
         self.round = None
         self.aggregation = None
         self.secure = None
@@ -405,11 +429,29 @@ class AggregatorService:
         self._announce(announcement)
         log.info("round %d closed: %d update(s) → model v%d", row.round_id, participants,
                  version.version)
+        self._count_round("closed", participants)
         self.rounds_closed += 1
         self.round = None
         self.aggregation = None
         self.secure = None
         self._open_next_round()
+
+    def _count_published(self) -> None:
+        if self.metrics is None or self.client is None:
+            return
+        sent = self.client.bytes_published
+        self.metrics.bytes_out.inc(sent - self._published_seen)
+        self._published_seen = sent
+
+    def _count_round(self, state: str, participants: int | None = None) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.rounds.labels(state).inc()
+        if participants is not None:
+            self.metrics.participants.set(participants)
+        self.metrics.model_version.set(self.models.current_version())
+        if self.secure is not None:
+            self.metrics.secagg_stages(self.secure.overhead.stages)
 
     def _secure_metrics(self) -> dict[str, Any]:
         """The secure round's overhead and, with DDG noise, the ε of its sum (δ = 1e-5)."""
@@ -470,9 +512,11 @@ class AggregatorService:
                 ann["participation_fraction"],
                 self.config.aggregation.max_staleness if self.async_mode else None,
                 self._noised_norm_bound(ann["training"]))
+        started = time.perf_counter()
         outcomes = self.ingest.process_many(
             [(d.topic, d.payload) for d in deliveries], open_round, self.aggregation,
             secure=self.secure.receive if self.secure is not None else None)
+        self._count_ingest(deliveries, outcomes, time.perf_counter() - started)
         for d, outcome in zip(deliveries, outcomes, strict=True):
             if outcome is not None:
                 self.answered.note(outcome)
@@ -488,6 +532,22 @@ class AggregatorService:
                 self._receipt(outcome)
             if not is_chunk(d.payload):
                 d.ack()
+
+    def _count_ingest(self, deliveries: list[Delivery], outcomes: list[Outcome | None],
+                      seconds: float) -> None:
+        """Bytes in, verdicts and latency (a group commit's time, shared by its messages)."""
+        if self.metrics is None:
+            return
+        m = self.metrics
+        m.bytes_in.inc(sum(len(d.payload) for d in deliveries))
+        for outcome in outcomes:
+            if outcome is None:
+                continue
+            m.latency.observe(seconds)
+            if outcome.accepted:
+                m.accepted.inc()
+            elif outcome.reason is not None:
+                m.rejected.labels(outcome.reason.value).inc()
 
     def _noised_norm_bound(self, training: dict[str, Any]) -> float | None:
         """With update-level DP a device adds N(0, σ²C²) to every coordinate of its clipped

@@ -191,6 +191,7 @@ class MqttClient:
         self._connack: str | None = None
         self._lock = threading.Lock()
         self.max_packet_bytes: int | None = None
+        self.bytes_published = 0          # payload bytes handed to the broker (for metrics)
         self.protocol = ""
         self.network = network
         self._closing = False
@@ -391,6 +392,7 @@ class MqttClient:
                                     properties=properties)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BrokerConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        self.bytes_published += len(payload)
         if wait:
             try:
                 info.wait_for_publish(self.options.publish_timeout_s)

@@ -406,3 +406,62 @@ def test_secure_aggregation_refuses_rules_that_must_see_each_update(
     assert result.exit_code != 0
     assert "reveals only the sum" in result.output
     assert "Traceback" not in result.output
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """``/metrics`` as {sample name with labels: value} (Prometheus text format)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_prometheus_metrics_count_rounds_updates_bytes_and_latency(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device]) -> None:
+    from fedbeat.broker.launch import free_port
+
+    port = free_port()
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir,
+                          state_dir=tmp_path / "state", rounds__rounds=0,
+                          service__metrics_port=port)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir,
+                  ["dev-0", "dev-1", "dev-2", "dev-3"])
+    wait_until(lambda: sum(r["state"] == "closed"  # type: ignore[index]
+                           for r in status_of(config)["rounds"]) >= 2)  # type: ignore[union-attr]
+    samples = _scrape(port)
+    process.stop()
+    assert samples['fedbeat_rounds_total{state="closed"}'] >= 2
+    assert samples["fedbeat_updates_accepted_total"] >= 8
+    assert samples["fedbeat_round_participants"] == 4
+    assert samples["fedbeat_model_version"] >= 3
+    assert samples["fedbeat_open_round"] >= 3
+    assert samples["fedbeat_bytes_received_total"] > 8 * 4 * 4000      # sealed ecg-cnn-s updates
+    assert samples["fedbeat_bytes_published_total"] > 3 * 4 * 4000     # three signed models
+    assert samples["fedbeat_ingest_latency_seconds_count"] >= 8
+    assert 0 < samples["fedbeat_ingest_latency_seconds_sum"] < 60
+
+
+def test_metrics_port_taken_is_a_clear_error(tmp_path: Path, mosquitto: MosquittoBroker,
+                                            fleet_keys: Path, model_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                              broker=mosquitto.tls_url, model_dir=model_dir,
+                              state_dir=tmp_path / "state",
+                              service__metrics_port=taken.getsockname()[1])
+        result = CliRunner().invoke(cli, ["aggregator", "run", "--config", str(config)])
+    assert result.exit_code != 0
+    assert "metrics_port" in result.output
+    assert "Traceback" not in result.output
