@@ -131,3 +131,22 @@ def test_corrupt_metrics_line_is_an_error(tmp_path: Path) -> None:
     (run / "metrics.jsonl").write_text("not json\n" + json.dumps(record(1)) + "\n")
     with pytest.raises(ReportDataError, match=r"metrics.jsonl:1"):
         write_report(run)
+
+
+def test_secure_rounds_get_an_overhead_section_and_plain_runs_do_not(tmp_path: Path) -> None:
+    secure = [dict(record(r), secagg={
+        "bytes_in": 400_000 * r, "bytes_out": 300_000, "compute_s": 0.05,
+        "stages": {"advertised": 10, "shared": 9, "masked": 8, "revealed": 8},
+        "contributors": 8, "epsilon_round": 1.5, "epsilon_total": 1.5 * r,
+        "reason": "" if r < 3 else "only 1 of dev-3's neighbours survive"}) for r in (1, 2, 3)]
+    html = write_report(make_run(tmp_path, secure, CONFIG)).read_text()
+    assert "Secure aggregation overhead" in html
+    section = html[html.index("Secure aggregation overhead"):]
+    assert "Secure-aggregation traffic per round" in section
+    assert "<td>9</td>" in section           # devices that shared keys
+    assert "<td>4.50</td>" in section        # ε of the sum after round 3
+    assert "only 1 of dev-3&#x27;s neighbours survive" in section
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    html = write_report(make_run(plain, [record(1), record(2)], CONFIG)).read_text()
+    assert "Secure aggregation overhead" not in html
