@@ -193,3 +193,18 @@ def test_secure_aggregation_with_a_robust_strategy_is_a_clear_error(tmp_path: Pa
     assert result.exit_code != 0
     assert "reveals only the sum" in result.output
     assert "Traceback" not in result.output
+
+
+def test_secure_round_with_too_many_silent_devices_aborts_and_says_why(tmp_path: Path) -> None:
+    """Most devices go quiet mid-protocol: the aggregator aborts before anyone reveals a share
+    and the run reports the reason."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["simulate", "--synthetic", "--devices", "6", "--rounds",
+                                      "1", "--secagg", "--secagg-dropout", "0.9",
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    (line,) = json.loads(result.stdout)["rounds"]
+    assert line["state"] == "aborted"
+    assert "fewer than the minimum" in line["secagg"]["reason"]
+    assert line["secagg"]["stages"]["revealed"] == 0
+    assert "fewer than the minimum" in (out / "report.html").read_text()
