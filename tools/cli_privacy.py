@@ -35,6 +35,7 @@ def privacy() -> None:
     \b
       fedbeat privacy epsilon --mode dpsgd --q 0.01 --sigma 4 --steps 10000 --delta 1e-5
       fedbeat privacy epsilon --mode update --sigma 1 --rounds 30
+      fedbeat privacy ddg --sigma 1 --rounds 20 --min-devices 11 --devices 22
       fedbeat privacy ledger /var/lib/fedbeat/privacy-ledger.json
     """
 
@@ -116,6 +117,83 @@ def epsilon(mode: str, sigma: float, sample_rate: float | None, steps: int | Non
     if mode == "update":
         click.echo(f"  update-level: any two datasets of the patient differ by up to 2C, "
                    f"so σ = {sigma:g} is charged as {charged_sigma:g}")
+
+
+@privacy.command()
+@click.option("--sigma", type=float, required=True,
+              help="Noise multiplier z: the secure sum carries N(0, (z·C)²) once --min-devices "
+                   "devices contribute (each adds a discrete Gaussian share).")
+@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True,
+              help="Rounds the device takes part in.")
+@click.option("--min-devices", type=click.IntRange(2), required=True,
+              help="The round's min_participants: the noise is split as if only this many "
+                   "contribute, and the aggregator aborts below it.")
+@click.option("--devices", type=click.IntRange(2), default=None,
+              help="Devices in each sum [default: --min-devices]; more means more noise, a "
+                   "smaller ε. Also the target the ring must hold.")
+@click.option("--clip", "clip_norm", type=float, default=1.0, show_default=True,
+              help="Clipping norm C of each device's update.")
+@click.option("--bits", type=click.IntRange(2, 20), default=20, show_default=True,
+              help="Ring bits per value: fewer bits mean coarser rounding and a little more ε.")
+@click.option("--model", default="ecg-cnn-s", show_default=True,
+              help="Model whose parameter count sets the vector length.")
+@click.option("--delta", type=float, default=1e-5, show_default=True,
+              help="δ of (ε, δ)-DP.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def ddg(sigma: float, rounds: int, min_devices: int, devices: int | None, clip_norm: float,
+        bits: int, model: str, delta: float, as_json: bool) -> None:
+    """ε of distributed DP: discrete Gaussian shares summed under secure aggregation.
+
+    Protects a device's whole contribution (user-level, add/remove of the device) against
+    anyone who sees only the sum — the aggregator included, under secure aggregation's threat
+    model (docs/protocol.md §10.5). Shown beside the central Gaussian mechanism with the same
+    σ, which a trusted aggregator would get, and the charge a device's ledger records per
+    round. The math: docs/privacy.md.
+
+    With more than --min-devices in the sum, each device's share still has the variance
+    planned for --min-devices, so the sum carries more noise than z·C and ε is smaller.
+    """
+    from fedbeat.device.privacy.accountant import rdp_gaussian
+    from fedbeat.device.privacy.ddg import DdgParams
+    from fedbeat.device.privacy.ddg_accounting import ddg_epsilon, equivalent_noise_multiplier
+    from fedbeat.models.zoo import UnknownModelError, create_architecture
+
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise click.ClickException("--sigma must be a positive number")
+    if not 0 < delta < 1:
+        raise click.ClickException("--delta must be in (0, 1), e.g. 1e-5")
+    contributors = devices or min_devices
+    if contributors < min_devices:
+        raise click.ClickException("--devices must be at least --min-devices (the aggregator "
+                                   "aborts a smaller sum)")
+    try:
+        dim = create_architecture(model).num_params()
+        params = DdgParams(dim=dim, clip_norm=clip_norm, noise_multiplier=sigma,
+                           min_devices=min_devices, max_devices=contributors, bits=bits)
+    except (UnknownModelError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    distributed = ddg_epsilon(params, [contributors] * rounds, delta)
+    total_sigma = sigma * math.sqrt(contributors / min_devices)     # the sum's actual noise
+    central = epsilon_from_rdp(rdp=rdp_gaussian(noise_multiplier=total_sigma) * rounds,
+                               delta=delta)[0]
+    charged = equivalent_noise_multiplier(params, min_devices)
+    result = {"noise_multiplier": sigma, "rounds": rounds, "min_devices": min_devices,
+              "devices": contributors, "clip_norm": clip_norm, "bits": bits, "model": model,
+              "dim": dim, "delta": delta, "epsilon": _json_float(distributed),
+              "epsilon_central_gaussian": _json_float(central),
+              "sum_noise_multiplier": total_sigma,
+              "granularity": params.granularity,
+              "ledger_noise_multiplier": charged,
+              "protects": "the device's whole contribution (user-level)"}
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"ε = {distributed:.4g} at δ = {delta:g} after {rounds} round(s) of "
+               f"{contributors} devices  (protects {result['protects']})")
+    click.echo(f"  a trusted aggregator adding the same noise, N(0, ({total_sigma:.3g}·C)²), "
+               f"itself: ε = {central:.4g}; {bits}-bit ring, step γ = {params.granularity:.3g}")
+    click.echo(f"  each device's ledger charges σ_eq = {charged:.4g} per round "
+               f"(assumes only {min_devices} contribute)")
 
 
 @privacy.command()

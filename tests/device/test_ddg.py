@@ -183,3 +183,26 @@ def test_device_ledger_charge_bounds_the_ddg_rdp_at_every_order(bits: int) -> No
     # and it is not wildly loose: at fine granularity it is the central Gaussian's charge
     if bits == 20:
         np.testing.assert_allclose(charged, rdp_gaussian(noise_multiplier=1.2), rtol=1e-3)
+
+
+def test_privacy_ddg_command_matches_the_central_gaussian_and_refuses_bad_flags() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from fedbeat.tools.cli import cli
+
+    result = CliRunner().invoke(cli, ["privacy", "ddg", "--sigma", "1", "--rounds", "20",
+                                      "--min-devices", "11", "--devices", "22", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["sum_noise_multiplier"] == pytest.approx(math.sqrt(2))
+    assert doc["epsilon"] == pytest.approx(doc["epsilon_central_gaussian"], rel=1e-3)
+    assert doc["ledger_noise_multiplier"] == pytest.approx(1.0, rel=1e-3)
+    for bad in (["--sigma", "0", "--min-devices", "5"],
+                ["--sigma", "1", "--min-devices", "5", "--devices", "3"],
+                ["--sigma", "1", "--min-devices", "1000", "--bits", "4"]):
+        refused = CliRunner().invoke(cli, ["privacy", "ddg", *bad])
+        assert refused.exit_code != 0
+        assert "Error" in refused.output
+        assert "Traceback" not in refused.output
