@@ -98,8 +98,13 @@ def test_variants_change_only_what_their_names_say() -> None:
     assert tuned[0].scenario.training.learning_rate == 0.02
     assert (tuned[1].scenario.training.learning_rate, tuned[1].scenario.training.epochs) == (
         0.1, 2)
+    secure = {v.name: v.scenario for v in parse_variants("fedavg+secagg,fedavg+ddg=1.5", base)}
+    assert secure["fedavg+secagg"].aggregation.secagg
+    assert secure["fedavg+secagg"].privacy.dp == "none"
+    assert (secure["fedavg+ddg=1.5"].privacy.dp, secure["fedavg+ddg=1.5"].aggregation.secagg,
+            secure["fedavg+ddg=1.5"].privacy.noise_multiplier) == ("ddg", True, 1.5)
     for bad in ("fedavg,fedavg", "fedavg+dpp", "centralized+dp", "fedavg+attack=2", "",
-                "fedavg+lr"):
+                "fedavg+lr", "fedavg+secagg=2", "centralized+ddg"):
         with pytest.raises(UsageError):
             parse_variants(bad, base)
 
@@ -160,3 +165,17 @@ def test_round_targets_follow_participation_and_dropout() -> None:
     assert target < 70
     assert target > 55
     assert minimum == target // 2
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"privacy.dp": "ddg"}, "needs aggregation.secagg"),
+    ({"aggregation.secagg": True, "aggregation.strategy": "median"}, "reveals only the sum"),
+    ({"aggregation.secagg": True, "aggregation.norm_bound": True}, "reveals only the sum"),
+    ({"aggregation.secagg": True, "privacy.dp": "update"}, "--dp ddg"),
+    ({"aggregation.secagg": True, "aggregation.secagg_bits": 24}, "secagg_bits"),
+    ({"faults.secagg_dropout": 1.0}, "secagg_dropout"),
+])
+def test_secure_aggregation_settings_that_cannot_work_are_named(overrides: dict[str, object],
+                                                                message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Scenario().replace(overrides).validate()

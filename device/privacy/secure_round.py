@@ -21,6 +21,9 @@ from fedbeat.models.params import ParamLayout
 
 @dataclass(frozen=True)
 class SecureRound:
+    """A round's ring and vector shape (``context``), DDG parameters and encoder, neighbour
+    graph parameters, and the public seed of its rotation and graph."""
+
     context: RoundContext
     params: DdgParams
     encoder: DdgEncoder
