@@ -61,6 +61,7 @@ from fedbeat.broker.messages import Receiver, sign_plain
 from fedbeat.broker.registry import DeviceRegistry, fleet_key_resolver
 from fedbeat.broker.replay import ReplayGuard
 from fedbeat.broker.rounds import Announcement, SecAggConfig, TrainingConfig
+from fedbeat.broker.secagg.credentials import Trust
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
 
 log = logging.getLogger("fedbeat.aggregator")
@@ -170,6 +171,7 @@ class AggregatorService:
         self.round: RoundRow | None = None
         self.aggregation: Aggregation | None = None
         self.secure: SecureRoundDriver | None = None
+        self.trust: Trust | None = None
         self.rounds_closed = 0
         self.evaluator = self._evaluator()
         self.client: MqttClient | None = None
@@ -290,7 +292,8 @@ class AggregatorService:
         self._set_round_floor(round_id)
         if self.secure_mode:
             self.secure = SecureRoundDriver(announcement, self.identity.fleet, self.layout,
-                                            self.identity.sealing_key, self._send_secagg)
+                                            self.identity.sealing_key, self._send_secagg,
+                                            trust=self._trust())
         self._announce(announcement)
         if self.metrics is not None:
             self.metrics.open_round.set(round_id)
@@ -469,6 +472,13 @@ class AggregatorService:
     def _save_secure_metrics(self, round_id: int) -> None:
         if self.secure is not None:
             self.store.save_round_metrics(round_id, self._secure_metrics())
+
+    def _trust(self) -> Trust:
+        """The fleet CA every key advertisement must verify against (loaded once: it caches
+        the device certificates it has checked)."""
+        if self.trust is None:
+            self.trust = Trust.load(self.identity.ca_cert, self.identity.fleet)
+        return self.trust
 
     def _send_secagg(self, device_id: str, data: bytes) -> None:
         """A secure-aggregation stage message to one device's inbox (signed, not sealed:

@@ -38,3 +38,17 @@ def test_bench_secagg_refuses_a_fleet_too_small_to_mask() -> None:
     result = CliRunner().invoke(cli, ["bench", "secagg", "--devices", "2", "--json"])
     assert result.exit_code != 0
     assert "--devices" in result.output
+
+
+def test_authenticated_rounds_carry_certificates_and_still_sum_exactly() -> None:
+    args = ["bench", "secagg", "--devices", "8", "--dropout", "0", "--json"]
+    plain = json.loads(CliRunner().invoke(cli, args).stdout)["runs"][0]
+    result = CliRunner().invoke(cli, [*args, "--authenticated"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["authenticated"] is True
+    (signed,) = doc["runs"]
+    assert signed["sum_exact"] is True
+    # each neighbour's certificate (~450 B) and signature (~70 B) come down with its keys
+    assert signed["device_bytes_down"] - plain["device_bytes_down"] > 7 * 400
+    assert signed["device_bytes_up"] - plain["device_bytes_up"] > 400

@@ -31,22 +31,27 @@ from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 from rich.table import Table
 
+from fedbeat.broker.identity import DeviceIdentity
 from fedbeat.broker.secagg import ring, shamir, wire
 from fedbeat.broker.secagg.coordinator import SecAggAborted
+from fedbeat.broker.secagg.credentials import Credentials, Trust
 from fedbeat.broker.secagg.keys import RoundKeys, ShareChannel, pair_seed
 from fedbeat.broker.secagg.loopback import Traffic, run_round
 from fedbeat.broker.secagg.params import GraphParams, RoundContext
 from fedbeat.device.privacy.ddg import MAX_BITS, DdgEncoder, DdgParams
 from fedbeat.device.privacy.noise import SecureRandom
 from fedbeat.models.zoo import create_architecture
+from fedbeat.tools import pki
 from fedbeat.tools.errors import UsageError
 from fedbeat.tools.output import emit_json, progress_bar, stderr, stdout
 from fedbeat.tools.process_memory import peak_rss_mb
@@ -155,8 +160,22 @@ def cost_model(context: RoundContext, degree: int, threshold: int, *, contributo
             "aggregator_s": aggregator, "aggregator_total_s": sum(aggregator.values())}
 
 
+def fleet_credentials(work: Path, ids: list[str]) -> tuple[dict[str, Credentials],
+                                                          Callable[[], Trust]]:
+    """A throw-away fleet CA and one certificate per device, for authenticated rounds."""
+    keys = work / "keys"
+    pki.init_fleet(keys, FLEET)
+    credentials = {}
+    for device in ids:
+        identity = DeviceIdentity.load(pki.add_device(keys, device))
+        credentials[device] = Credentials.load(identity.client_cert, identity.client_key)
+    ca = DeviceIdentity.load(keys / "devices" / ids[0]).ca_cert
+    return credentials, lambda: Trust.load(ca, FLEET)
+
+
 def measure_round(devices: int, *, dim: int, bits: int, dropout: float,
-                  graph: GraphParams, noise_multiplier: float, seed: int) -> dict[str, Any]:
+                  graph: GraphParams, noise_multiplier: float, seed: int,
+                  authenticated: bool = False) -> dict[str, Any]:
     """Encode, run and check one round of ``devices`` devices; the figures of one table row.
 
     Raises
@@ -201,12 +220,15 @@ def measure_round(devices: int, *, dim: int, bits: int, dropout: float,
             advance(i + 1, devices)
 
     traffic = Traffic()
-    with stderr.status(f"{devices} devices: SecAgg+ round, degree {degree}, threshold "
-                       f"{threshold} ..."):
+    with tempfile.TemporaryDirectory(prefix="fedbeat-bench-secagg-") as scratch, \
+            stderr.status(f"{devices} devices: SecAgg+ round, degree {degree}, threshold "
+                          f"{threshold}{', authenticated' if authenticated else ''} ..."):
+        signing, trust = fleet_credentials(Path(scratch), ids) if authenticated else ({}, None)
         start = time.perf_counter()
         try:
             result = run_round(inputs, context, min_participants=min_devices, graph=graph,
-                               graph_seed=round_seed, drop=drop, traffic=traffic)
+                               graph_seed=round_seed, drop=drop, traffic=traffic,
+                               credentials=signing, trust=trust)
         except SecAggAborted as aborted:
             raise click.ClickException(f"{devices} devices: the round aborted: "
                                        f"{aborted.reason}") from None
@@ -331,9 +353,12 @@ def _tables(doc: dict[str, Any]) -> tuple[Table, Table]:
               help="DDG central noise stddev over the clip norm (1.0).")
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the updates, the dropouts and the round (not of the DP noise).")
+@click.option("--authenticated", is_flag=True,
+              help="Sign advertisements with device certificates from a throw-away fleet CA "
+                   "and verify them, as the device runtime does (credentials.py).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def secagg(devices_text: str, model: str, bits: int, dropout: float, dropout_tolerance: float,
-           noise_multiplier: float, seed: int, as_json: bool) -> None:
+           noise_multiplier: float, seed: int, authenticated: bool, as_json: bool) -> None:
     """Secure aggregation (SecAgg+) with distributed discrete Gaussian noise: compute and bytes
     per device and for the aggregator, one in-process round per fleet size.
 
@@ -347,13 +372,15 @@ def secagg(devices_text: str, model: str, bits: int, dropout: float, dropout_tol
     params = create_architecture(model).num_params()
     graph = GraphParams(dropout_tolerance=dropout_tolerance)
     runs = [measure_round(n, dim=params, bits=bits, dropout=dropout, graph=graph,
-                          noise_multiplier=noise_multiplier, seed=seed) for n in sizes]
+                          noise_multiplier=noise_multiplier, seed=seed,
+                          authenticated=authenticated) for n in sizes]
     doc = {
         "model": model, "params": params,
         "padded_dim": runs[0]["padded_dim"],
         "bits": bits, "bytes_per_value": ring.bytes_per_value(bits), "clip_norm": CLIP_NORM,
         "noise_multiplier": noise_multiplier, "dropout": dropout,
-        "dropout_tolerance": dropout_tolerance, "seed": seed, "runs": runs,
+        "dropout_tolerance": dropout_tolerance, "seed": seed, "authenticated": authenticated,
+        "runs": runs,
     }
     if as_json:
         emit_json(doc)

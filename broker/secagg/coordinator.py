@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import ring, shamir
+from fedbeat.broker.secagg.credentials import Trust, advertisement
 from fedbeat.broker.secagg.keys import pair_seed
 from fedbeat.broker.secagg.params import DEFAULT_GRAPH, GraphParams, RoundContext, neighbour_graph
 from fedbeat.broker.secagg.wire import (
@@ -79,13 +80,17 @@ class Coordinator:
     """One round; :meth:`receive` each device message, :meth:`advance` to close a stage."""
 
     def __init__(self, context: RoundContext, *, min_participants: int,
-                 graph: GraphParams = DEFAULT_GRAPH, graph_seed: bytes = b"") -> None:
+                 graph: GraphParams = DEFAULT_GRAPH, graph_seed: bytes = b"",
+                 trust: Trust | None = None) -> None:
+        """With ``trust``, key advertisements must be signed by a certificate of the fleet CA
+        (credentials.py); a bad one is refused on arrival, before any neighbour sees it."""
         if min_participants < 2:
             raise ValueError("secure aggregation needs at least 2 participants")
         self.context = context
         self.min_participants = min_participants
         self.graph_params = graph
         self.graph_seed = graph_seed
+        self.trust = trust
         self.phase = Phase.ADVERTISE
         self.threshold = 0
         self._adverts: dict[str, AdvertiseKeys] = {}
@@ -108,6 +113,10 @@ class Coordinator:
         match self.phase, message:
             case Phase.ADVERTISE, AdvertiseKeys():
                 self._once(device_id, self._adverts)
+                if self.trust is not None:
+                    self.trust.verify(device_id, message.certificate, message.signature,
+                                      advertisement(self.context, device_id,
+                                                    message.cipher_public, message.mask_public))
                 self._adverts[device_id] = message
             case Phase.SHARE, EncryptedShares():
                 self._take_shares(device_id, message)
@@ -213,7 +222,8 @@ class Coordinator:
         self._index = {device: i + 1 for i, device in enumerate(devices)}
         self.phase = Phase.SHARE
         return {device: NeighbourKeys(self._index[device], self.threshold, tuple(
-            Peer(v, self._index[v], self._adverts[v].cipher_public, self._adverts[v].mask_public)
+            Peer(v, self._index[v], self._adverts[v].cipher_public, self._adverts[v].mask_public,
+                 self._adverts[v].certificate, self._adverts[v].signature)
             for v in self._neighbours[device])) for device in devices}
 
     def _close_share(self) -> dict[str, Message]:

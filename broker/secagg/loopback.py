@@ -20,6 +20,7 @@ import numpy as np
 
 from fedbeat.broker.secagg import wire
 from fedbeat.broker.secagg.coordinator import Coordinator, SecAggSum
+from fedbeat.broker.secagg.credentials import Credentials, Trust
 from fedbeat.broker.secagg.params import DEFAULT_GRAPH, GraphParams, RoundContext
 from fedbeat.broker.secagg.participant import Participant
 from fedbeat.broker.secagg.wire import Message, NeighbourKeys, RelayedShares, UnmaskRequest
@@ -41,16 +42,24 @@ class Traffic:
 def run_round(inputs: Mapping[str, np.ndarray], context: RoundContext, *, min_participants: int,
               graph: GraphParams = DEFAULT_GRAPH, graph_seed: bytes = b"",
               drop: Mapping[str, set[str]] | None = None,
-              traffic: Traffic | None = None) -> SecAggSum:
+              traffic: Traffic | None = None,
+              credentials: Mapping[str, Credentials] | None = None,
+              trust: Callable[[], Trust] | None = None) -> SecAggSum:
     """Run one round over ``inputs`` (ring vectors); raises ``SecAggAborted`` like the service.
 
     ``drop[stage]`` lists devices that send nothing from ``stage`` on (see :data:`STAGES`).
+    With ``credentials`` (by device) and ``trust`` (a factory: every party has its own, as on
+    real devices, so no party profits from another's cache) advertisements are signed and
+    verified (credentials.py).
     """
     drop = drop or {}
     traffic = traffic if traffic is not None else Traffic()
+    credentials = credentials or {}
     coordinator = Coordinator(context, min_participants=min_participants, graph=graph,
-                              graph_seed=graph_seed)
-    participants = {device: Participant(device, context) for device in sorted(inputs)}
+                              graph_seed=graph_seed, trust=trust() if trust else None)
+    participants = {device: Participant(device, context, credentials=credentials.get(device),
+                                        trust=trust() if trust else None)
+                    for device in sorted(inputs)}
     gone: set[str] = set()
 
     def timed_device(device: str, step: Callable[[], Message]) -> None:

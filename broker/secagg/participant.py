@@ -24,6 +24,7 @@ import numpy as np
 
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import ring, shamir
+from fedbeat.broker.secagg.credentials import Credentials, Trust, advertisement
 from fedbeat.broker.secagg.keys import RoundKeys, ShareChannel, pair_seed
 from fedbeat.broker.secagg.params import RoundContext
 from fedbeat.broker.secagg.wire import (
@@ -55,9 +56,15 @@ def _refuse(detail: str) -> Rejected:
 class Participant:
     """One device in one round; feed it the aggregator's messages in order."""
 
-    def __init__(self, device_id: str, context: RoundContext) -> None:
+    def __init__(self, device_id: str, context: RoundContext, *,
+                 credentials: Credentials | None = None, trust: Trust | None = None) -> None:
+        """``credentials`` sign this device's advertisement; with ``trust`` every neighbour's
+        must verify against the fleet CA (credentials.py). Without them the round is secure
+        against an honest-but-curious aggregator only (docs/protocol.md §10.5)."""
         self.device_id = device_id
         self.context = context
+        self.credentials = credentials
+        self.trust = trust
         self.stage = Stage.ADVERTISE
         self._keys: RoundKeys | None = RoundKeys.generate()
         self._self_seed: bytes | None = secrets.token_bytes(ring.SEED_BYTES)
@@ -74,7 +81,12 @@ class Participant:
     def advertise(self) -> AdvertiseKeys:
         keys = self._expect(Stage.ADVERTISE)
         self.stage = Stage.SHARE
-        return AdvertiseKeys(*keys.public())
+        cipher_public, mask_public = keys.public()
+        if self.credentials is None:
+            return AdvertiseKeys(cipher_public, mask_public)
+        signed = advertisement(self.context, self.device_id, cipher_public, mask_public)
+        return AdvertiseKeys(cipher_public, mask_public, self.credentials.certificate,
+                             self.credentials.sign(signed))
 
     def share_keys(self, message: NeighbourKeys) -> EncryptedShares:
         """Split the self-mask seed and the mask key among the neighbours, sealed to each."""
@@ -86,6 +98,10 @@ class Participant:
             raise _refuse("neighbourhood smaller than the threshold")
         if 2 * message.threshold <= len(peers):
             raise _refuse("threshold is not a strict majority of the neighbourhood")
+        if self.trust is not None:
+            for peer in peers.values():
+                self.trust.verify(peer.device_id, peer.certificate, peer.signature, advertisement(
+                    self.context, peer.device_id, peer.cipher_public, peer.mask_public))
         assert self._self_seed is not None
         xs = [peer.index for peer in peers.values()]
         seed_shares = shamir.split(self._self_seed, xs, message.threshold)

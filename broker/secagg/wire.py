@@ -17,6 +17,7 @@ from typing import Any
 from fedbeat.broker import cbor
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import ring, shamir
+from fedbeat.broker.secagg.credentials import MAX_CERTIFICATE_BYTES, MAX_SIGNATURE_BYTES
 from fedbeat.broker.secagg.keys import PUBLIC_KEY_BYTES
 from fedbeat.broker.secagg.params import MAX_DEGREE, RoundContext
 from fedbeat.broker.topics import DEVICE_ID
@@ -33,14 +34,18 @@ class Peer:
     index: int                 # the Shamir x coordinate of this device's shares
     cipher_public: bytes
     mask_public: bytes
+    certificate: bytes = b""   # its advertisement, as relayed (credentials.py); empty: unsigned
+    signature: bytes = b""
 
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Stage 0, device → aggregator: this round's two public keys."""
+    """Stage 0, device → aggregator: this round's two public keys, optionally signed."""
 
     cipher_public: bytes
     mask_public: bytes
+    certificate: bytes = b""   # DER, issued by the fleet CA to this device
+    signature: bytes = b""     # over credentials.advertisement(...)
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,13 @@ Message = (AdvertiseKeys | NeighbourKeys | EncryptedShares | RelayedShares | Mas
 
 def encode(message: Message) -> bytes:
     match message:
-        case AdvertiseKeys(cipher_public, mask_public):
-            body: dict[str, Any] = {"k": "advertise", "c": cipher_public, "s": mask_public}
+        case AdvertiseKeys(cipher_public, mask_public, certificate, signature):
+            body: dict[str, Any] = {"k": "advertise", "c": cipher_public, "s": mask_public,
+                                    "x": certificate, "g": signature}
         case NeighbourKeys(index, threshold, peers):
             body = {"k": "keys", "i": index, "t": threshold,
-                    "p": [[p.device_id, p.index, p.cipher_public, p.mask_public] for p in peers]}
+                    "p": [[p.device_id, p.index, p.cipher_public, p.mask_public,
+                           p.certificate, p.signature] for p in peers]}
         case EncryptedShares(ciphertexts):
             body = {"k": "shares", "e": [list(pair) for pair in ciphertexts]}
         case RelayedShares(ciphertexts):
@@ -135,7 +142,8 @@ def decode(data: bytes, context: RoundContext) -> Message:
     what = f"secagg {kind}"
     match kind:
         case "advertise":
-            return AdvertiseKeys(_key(body, "c", what), _key(body, "s", what))
+            return AdvertiseKeys(_key(body, "c", what), _key(body, "s", what),
+                                 *_credential(body, what))
         case "keys":
             peers = tuple(_peer(item, what) for item in _items(body, "p", what))
             _unique([peer.device_id for peer in peers], what)
@@ -164,7 +172,7 @@ def decode(data: bytes, context: RoundContext) -> Message:
 
 
 _FIELDS: dict[str, set[str]] = {
-    "advertise": {"c", "s"}, "keys": {"i", "t", "p"}, "shares": {"e"}, "relay": {"e"},
+    "advertise": {"c", "s", "x", "g"}, "keys": {"i", "t", "p"}, "shares": {"e"}, "relay": {"e"},
     "masked": {"y"}, "unmask": {"a", "d"}, "reveal": {"b", "s"}, "abort": {"r"},
 }
 
@@ -194,11 +202,22 @@ def _key(body: Mapping[Any, Any], key: str, what: str) -> bytes:
     return raw
 
 
+def _credential(body: Mapping[Any, Any], what: str) -> tuple[bytes, bytes]:
+    certificate = cbor.field(body, "x", bytes, what)
+    signature = cbor.field(body, "g", bytes, what)
+    if len(certificate) > MAX_CERTIFICATE_BYTES or len(signature) > MAX_SIGNATURE_BYTES:
+        raise Rejected(RejectReason.MALFORMED, f"{what}: certificate or signature too large")
+    return certificate, signature
+
+
 def _peer(item: object, what: str) -> Peer:
-    device_id, index, cipher_public, mask_public = cbor.as_sequence(item, f"{what} peer", 4)
-    pair = {"i": index, "c": cipher_public, "s": mask_public}
-    return Peer(_device_id(device_id, what), cbor.bounded_int(pair, "i", what, lo=1, hi=MAX_INDEX),
-                _key(pair, "c", what), _key(pair, "s", what))
+    device_id, index, cipher_public, mask_public, certificate, signature = cbor.as_sequence(
+        item, f"{what} peer", 6)
+    fields = {"i": index, "c": cipher_public, "s": mask_public, "x": certificate,
+              "g": signature}
+    return Peer(_device_id(device_id, what),
+                cbor.bounded_int(fields, "i", what, lo=1, hi=MAX_INDEX),
+                _key(fields, "c", what), _key(fields, "s", what), *_credential(fields, what))
 
 
 def _pairs(body: Mapping[Any, Any], key: str, what: str,

@@ -18,6 +18,7 @@ import numpy as np
 
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import wire
+from fedbeat.broker.secagg.credentials import Credentials, Trust
 from fedbeat.broker.secagg.participant import Participant, Stage
 from fedbeat.device.privacy.secure_round import SecureRound
 
@@ -28,12 +29,14 @@ class SecAggSession:
     """One round; ``send`` seals and publishes a stage message's bytes to the aggregator."""
 
     def __init__(self, device_id: str, round_id: int, setup: SecureRound, encoded: np.ndarray,
-                 send: Callable[[bytes], None]) -> None:
+                 send: Callable[[bytes], None], *, credentials: Credentials | None = None,
+                 trust: Trust | None = None) -> None:
         self.round_id = round_id
         self.setup = setup
         self._encoded: np.ndarray | None = encoded
         self._send = send
-        self.participant = Participant(device_id, setup.context)
+        self.participant = Participant(device_id, setup.context, credentials=credentials,
+                                       trust=trust)
         self.outcome = ""
 
     @property

@@ -43,6 +43,7 @@ from fedbeat.broker.messages import (
 )
 from fedbeat.broker.model_body import ReceivedModel, receive_model
 from fedbeat.broker.rounds import Announcement, participates
+from fedbeat.broker.secagg.credentials import Credentials, Trust
 from fedbeat.broker.tensors import compressor_from_name
 from fedbeat.broker.topics import FleetTopics
 from fedbeat.device.config import DeviceConfig, SourceError
@@ -155,6 +156,7 @@ class DeviceService:
         self.offered: dict[int, ReceivedModel] = {}      # verified models not (yet) installed
         self.rounds_trained = 0
         self.secagg: SecAggSession | None = None
+        self._credentials: tuple[Credentials, Trust] | None = None
         self._storage_warned = -math.inf
         self.source_done = False
         self.client: MqttClient | None = None
@@ -571,11 +573,22 @@ class DeviceService:
                     aggregator_key=self.identity.aggregator_sealing_key))
 
         self.outbox.skip(a.round, "sent through secure aggregation")
-        self.secagg = SecAggSession(self.me, a.round, setup, encoded, send)
+        credentials, trust = self._secagg_credentials()
+        self.secagg = SecAggSession(self.me, a.round, setup, encoded, send,
+                                    credentials=credentials, trust=trust)
         self.secagg.start()
         self.rounds_trained += 1
         log.info("round %d: trained; joined secure aggregation with %d values of %d bits",
                  a.round, setup.context.dim, setup.context.bits)
+
+    def _secagg_credentials(self) -> tuple[Credentials, Trust]:
+        """This device's certificate and key, which sign its SecAgg advertisements, and the
+        fleet CA that every neighbour's must verify against (loaded once)."""
+        if self._credentials is None:
+            i = self.identity
+            self._credentials = (Credentials.load(i.client_cert, i.client_key),
+                                 Trust.load(i.ca_cert, i.fleet))
+        return self._credentials
 
     def _training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The newest labelled beats (windows, RR features, labels) to train on."""
