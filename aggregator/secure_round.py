@@ -28,7 +28,7 @@ from fedbeat.aggregator.strategies.base import AggregateResult
 from fedbeat.broker.envelope import SignedMessage
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.messages import open_secagg
-from fedbeat.broker.rounds import Announcement
+from fedbeat.broker.rounds import Announcement, participates
 from fedbeat.broker.secagg import wire
 from fedbeat.broker.secagg.coordinator import Coordinator, Phase, SecAggAborted
 from fedbeat.broker.secagg.credentials import Trust
@@ -96,6 +96,9 @@ class SecureRoundDriver:
             if header.model_version != self.announcement.model_version:
                 raise Rejected(RejectReason.WRONG_MODEL_VERSION,
                                f"trained from version {header.model_version}")
+            a = self.announcement
+            if not participates(sender, a.round, a.participation_seed, a.participation_fraction):
+                raise Rejected(RejectReason.NOT_SELECTED, "not selected for this round")
             started = time.perf_counter()
             body = open_secagg(message, self.sealing_key)
             self.coordinator.receive(sender, wire.decode(body, self.setup.context))
