@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from secagg_testing import FixedRounding
 
 from fedbeat.aggregator.secure_round import Progress, SecureRoundDriver
 from fedbeat.broker import envelope
@@ -52,7 +53,7 @@ class Harness:
         self.sessions = {
             d: SecAggSession(d, announcement.round, setup, setup.encoder.encode(
                 flatten({"w": self.updates[d][:120].reshape(30, 4),
-                         "b": self.updates[d][120:]}, LAYOUT), _Rounding()),
+                         "b": self.updates[d][120:]}, LAYOUT), FixedRounding()),
                 lambda body, d=d: self.outbox.append(self.sealed(d, body)))
             for d in DEVICES}
 
@@ -76,14 +77,6 @@ class Harness:
             outcome = self.driver.receive(message)
             assert outcome.accepted, outcome
         self.outbox.clear()
-
-
-class _Rounding:
-    def uniform(self, size: int) -> np.ndarray:
-        return np.full(size, 0.5)
-
-    def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
-        return np.zeros(shape)
 
 
 def test_a_full_round_closes_on_the_clock_and_yields_the_mean() -> None:

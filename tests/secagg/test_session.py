@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from secagg_testing import FixedRounding
 
 from fedbeat.broker.rounds import Announcement, SecAggConfig, TrainingConfig
 from fedbeat.broker.secagg import wire
@@ -22,19 +23,9 @@ def _sessions(names: list[str]) -> tuple[dict[str, SecAggSession], dict[str, lis
     sent: dict[str, list[bytes]] = {name: [] for name in names}
     sessions = {}
     for name in names:
-        encoded = setup.encoder.encode(np.full(LAYOUT.size, 0.01), _Zero())
+        encoded = setup.encoder.encode(np.full(LAYOUT.size, 0.01), FixedRounding())
         sessions[name] = SecAggSession(name, 5, setup, encoded, sent[name].append)
     return sessions, sent
-
-
-class _Zero:
-    """Deterministic rounding for the encoder (tests only; the round adds no noise)."""
-
-    def uniform(self, size: int) -> np.ndarray:
-        return np.full(size, 0.5)
-
-    def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
-        return np.zeros(shape)
 
 
 def test_three_sessions_and_a_coordinator_sum_over_the_wire_bytes() -> None:
