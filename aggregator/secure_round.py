@@ -31,7 +31,7 @@ from fedbeat.broker.messages import open_secagg
 from fedbeat.broker.rounds import Announcement, participates
 from fedbeat.broker.secagg import wire
 from fedbeat.broker.secagg.coordinator import Coordinator, Phase, SecAggAborted
-from fedbeat.broker.secagg.credentials import Trust
+from fedbeat.broker.secagg.credentials import CertificateMemo, Trust
 from fedbeat.device.privacy.ddg_accounting import ddg_epsilon
 from fedbeat.device.privacy.secure_round import secure_round, unflatten
 from fedbeat.models.params import ParamLayout
@@ -66,15 +66,16 @@ class SecureRoundDriver:
     """One secure round: :meth:`receive` sealed stage messages, :meth:`tick` the clock."""
 
     def __init__(self, announcement: Announcement, fleet: str, layout: ParamLayout,
-                 sealing_key: X25519PrivateKey, send: Send, *, trust: Trust | None = None
-                 ) -> None:
-        """``trust``: the fleet CA, against which every key advertisement must verify."""
+                 sealing_key: X25519PrivateKey, send: Send, *, trust: Trust | None = None,
+                 memo: CertificateMemo | None = None) -> None:
+        """``trust``: the fleet CA, against which every key advertisement must verify;
+        ``memo``: which certificates each device has checked in earlier rounds."""
         self.announcement = announcement
         self.layout = layout
         self.setup = secure_round(announcement, fleet, layout)
         self.coordinator = Coordinator(
             self.setup.context, min_participants=max(2, announcement.min_participants),
-            graph=self.setup.graph, graph_seed=self.setup.seed, trust=trust)
+            graph=self.setup.graph, graph_seed=self.setup.seed, trust=trust, memo=memo)
         self.sealing_key = sealing_key
         self.send = send
         self.overhead = Overhead()

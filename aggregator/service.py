@@ -61,7 +61,7 @@ from fedbeat.broker.messages import Receiver, sign_plain
 from fedbeat.broker.registry import DeviceRegistry, fleet_key_resolver
 from fedbeat.broker.replay import ReplayGuard
 from fedbeat.broker.rounds import Announcement, SecAggConfig, TrainingConfig
-from fedbeat.broker.secagg.credentials import Trust
+from fedbeat.broker.secagg.credentials import CertificateMemo, Trust
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
 
 log = logging.getLogger("fedbeat.aggregator")
@@ -172,6 +172,7 @@ class AggregatorService:
         self.aggregation: Aggregation | None = None
         self.secure: SecureRoundDriver | None = None
         self.trust: Trust | None = None
+        self.certificates = CertificateMemo()     # which devices checked which certificates
         self.rounds_closed = 0
         self.evaluator = self._evaluator()
         self.client: MqttClient | None = None
@@ -293,7 +294,7 @@ class AggregatorService:
         if self.secure_mode:
             self.secure = SecureRoundDriver(announcement, self.identity.fleet, self.layout,
                                             self.identity.sealing_key, self._send_secagg,
-                                            trust=self._trust())
+                                            trust=self._trust(), memo=self.certificates)
         self._announce(announcement)
         if self.metrics is not None:
             self.metrics.open_round.set(round_id)

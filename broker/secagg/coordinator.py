@@ -32,7 +32,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import ring, shamir
-from fedbeat.broker.secagg.credentials import Trust, advertisement
+from fedbeat.broker.secagg.credentials import (
+    CertificateMemo,
+    Trust,
+    advertisement,
+    certificate_digest,
+)
 from fedbeat.broker.secagg.keys import pair_seed
 from fedbeat.broker.secagg.params import DEFAULT_GRAPH, GraphParams, RoundContext, neighbour_graph
 from fedbeat.broker.secagg.wire import (
@@ -81,9 +86,11 @@ class Coordinator:
 
     def __init__(self, context: RoundContext, *, min_participants: int,
                  graph: GraphParams = DEFAULT_GRAPH, graph_seed: bytes = b"",
-                 trust: Trust | None = None) -> None:
+                 trust: Trust | None = None, memo: CertificateMemo | None = None) -> None:
         """With ``trust``, key advertisements must be signed by a certificate of the fleet CA
-        (credentials.py); a bad one is refused on arrival, before any neighbour sees it."""
+        (credentials.py); a bad one is refused on arrival, before any neighbour sees it.
+        ``memo`` (kept across rounds) lets certificates a device already checked travel as
+        digests."""
         if min_participants < 2:
             raise ValueError("secure aggregation needs at least 2 participants")
         self.context = context
@@ -91,6 +98,7 @@ class Coordinator:
         self.graph_params = graph
         self.graph_seed = graph_seed
         self.trust = trust
+        self.memo = memo
         self.phase = Phase.ADVERTISE
         self.threshold = 0
         self._adverts: dict[str, AdvertiseKeys] = {}
@@ -150,6 +158,10 @@ class Coordinator:
         for recipient, ciphertext in message.ciphertexts:
             self._relay[recipient].append((device_id, ciphertext))
         self._shared.add(device_id)
+        if self.memo is not None:       # it checked every neighbour's certificate to get here
+            self.memo.learned(device_id, self._adverts[device_id].cache_id, (
+                certificate_digest(self._adverts[v].certificate)
+                for v in self._neighbours[device_id] if self._adverts[v].certificate))
 
     def _take_masked(self, device_id: str, message: MaskedInput) -> None:
         self._member(device_id, self._masked_with)
@@ -222,9 +234,19 @@ class Coordinator:
         self._index = {device: i + 1 for i, device in enumerate(devices)}
         self.phase = Phase.SHARE
         return {device: NeighbourKeys(self._index[device], self.threshold, tuple(
-            Peer(v, self._index[v], self._adverts[v].cipher_public, self._adverts[v].mask_public,
-                 self._adverts[v].certificate, self._adverts[v].signature)
-            for v in self._neighbours[device])) for device in devices}
+            self._peer(device, v) for v in self._neighbours[device])) for device in devices}
+
+    def _peer(self, device: str, neighbour: str) -> Peer:
+        """``neighbour``'s advertisement for ``device``: its certificate by digest if the memo
+        says ``device`` has already checked it."""
+        advert = self._adverts[neighbour]
+        certificate, digest = advert.certificate, b""
+        if self.memo is not None and certificate:
+            known = certificate_digest(certificate)
+            if self.memo.knows(device, self._adverts[device].cache_id, known):
+                certificate, digest = b"", known
+        return Peer(neighbour, self._index[neighbour], advert.cipher_public, advert.mask_public,
+                    certificate, advert.signature, digest)
 
     def _close_share(self) -> dict[str, Message]:
         self._enough(self._shared, "shared their keys")

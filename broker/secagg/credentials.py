@@ -19,6 +19,9 @@ devices at the envelope layer).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +66,12 @@ class Credentials:
 
 
 MAX_CACHED = 4096
+CACHE_ID_BYTES = 8
+DIGEST_BYTES = 32
+
+
+def certificate_digest(certificate: bytes) -> bytes:
+    return hashlib.sha256(certificate).digest()
 
 
 class Trust:
@@ -71,7 +80,10 @@ class Trust:
     A device meets the same neighbours' certificates round after round, and checking one
     against the CA costs more than checking the advertisement's signature; so a certificate
     that passed is remembered (by its exact bytes, with its validity window, which is still
-    checked every time), up to :data:`MAX_CACHED` of them.
+    checked every time), up to :data:`MAX_CACHED` of them. The device advertises
+    :attr:`cache_id` so the aggregator may send a remembered certificate as its SHA-256 digest
+    (:class:`CertificateMemo`); an unknown digest makes the device :meth:`forget` everything and
+    start a new cache id, after which it gets whole certificates again.
     """
 
     def __init__(self, ca: x509.Certificate, fleet: str) -> None:
@@ -79,6 +91,22 @@ class Trust:
         self.organisation = f"fedbeat fleet {fleet}"
         self._checked: dict[tuple[str, bytes], tuple[ec.EllipticCurvePublicKey, dt.datetime,
                                                      dt.datetime]] = {}
+        self._by_digest: dict[tuple[str, bytes], bytes] = {}
+        self._cache_id = os.urandom(CACHE_ID_BYTES)
+
+    @property
+    def cache_id(self) -> bytes:
+        """What the advertisement carries; empty once the cache is full (send certificates)."""
+        return self._cache_id if len(self._checked) < MAX_CACHED else b""
+
+    def resolve(self, device_id: str, digest: bytes) -> bytes | None:
+        """The certificate of ``device_id`` this device checked before, by its digest."""
+        return self._by_digest.get((device_id, digest))
+
+    def forget(self) -> None:
+        self._checked.clear()
+        self._by_digest.clear()
+        self._cache_id = os.urandom(CACHE_ID_BYTES)
 
     @classmethod
     def load(cls, ca_certificate: Path, fleet: str) -> Trust:
@@ -98,6 +126,7 @@ class Trust:
             raise _refuse(f"{device_id}: certificate is not valid now")
         if known is None and len(self._checked) < MAX_CACHED:
             self._checked[(device_id, certificate)] = (key, not_before, not_after)
+            self._by_digest[(device_id, certificate_digest(certificate))] = certificate
         try:
             key.verify(signature, message, _SIGNATURE)
         except InvalidSignature:
@@ -126,6 +155,34 @@ class Trust:
         if not allowed or not isinstance(key, ec.EllipticCurvePublicKey):
             raise _refuse(f"{device_id}: certificate does not allow signing")
         return key, cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+class CertificateMemo:
+    """The aggregator's record of which certificates each device has already checked.
+
+    A device has checked its neighbours' certificates once it answered the share-keys stage
+    (it verifies all of them first), so only then are they recorded, under the cache id the
+    device advertised. While a device keeps that id, the aggregator sends those neighbours'
+    certificates as digests (32 bytes instead of ~450); a new id clears the record.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[bytes, set[bytes]]] = {}
+
+    def knows(self, device_id: str, cache_id: bytes, digest: bytes) -> bool:
+        entry = self._known.get(device_id)
+        return bool(cache_id) and entry is not None and entry[0] == cache_id and \
+            digest in entry[1]
+
+    def learned(self, device_id: str, cache_id: bytes, digests: Iterable[bytes]) -> None:
+        if not cache_id:
+            self._known.pop(device_id, None)
+            return
+        entry = self._known.get(device_id)
+        if entry is None or entry[0] != cache_id:
+            entry = self._known[device_id] = (cache_id, set())
+        room = MAX_CACHED - len(entry[1])
+        entry[1].update(list(digests)[:max(0, room)])
 
 
 def _refuse(detail: str) -> Rejected:

@@ -86,7 +86,8 @@ class Participant:
             return AdvertiseKeys(cipher_public, mask_public)
         signed = advertisement(self.context, self.device_id, cipher_public, mask_public)
         return AdvertiseKeys(cipher_public, mask_public, self.credentials.certificate,
-                             self.credentials.sign(signed))
+                             self.credentials.sign(signed),
+                             self.trust.cache_id if self.trust is not None else b"")
 
     def share_keys(self, message: NeighbourKeys) -> EncryptedShares:
         """Split the self-mask seed and the mask key among the neighbours, sealed to each."""
@@ -100,8 +101,7 @@ class Participant:
             raise _refuse("threshold is not a strict majority of the neighbourhood")
         if self.trust is not None:
             for peer in peers.values():
-                self.trust.verify(peer.device_id, peer.certificate, peer.signature, advertisement(
-                    self.context, peer.device_id, peer.cipher_public, peer.mask_public))
+                self._verify(self.trust, peer)
         assert self._self_seed is not None
         xs = [peer.index for peer in peers.values()]
         seed_shares = shamir.split(self._self_seed, xs, message.threshold)
@@ -117,6 +117,17 @@ class Participant:
         self._peers = peers
         self.stage = Stage.MASK
         return EncryptedShares(tuple(sealed))
+
+    def _verify(self, trust: Trust, peer: Peer) -> None:
+        certificate = peer.certificate
+        if not certificate and peer.digest:
+            certificate = trust.resolve(peer.device_id, peer.digest) or b""
+            if not certificate:         # out of step with the aggregator: start afresh
+                trust.forget()
+                raise _refuse(f"{peer.device_id}: certificate sent by a digest this device "
+                              "does not know")
+        trust.verify(peer.device_id, certificate, peer.signature, advertisement(
+            self.context, peer.device_id, peer.cipher_public, peer.mask_public))
 
     def mask(self, message: RelayedShares, vector: np.ndarray) -> MaskedInput:
         """``vector`` (ring elements) plus the self-mask and the pairwise masks, packed."""

@@ -17,7 +17,12 @@ from typing import Any
 from fedbeat.broker import cbor
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import ring, shamir
-from fedbeat.broker.secagg.credentials import MAX_CERTIFICATE_BYTES, MAX_SIGNATURE_BYTES
+from fedbeat.broker.secagg.credentials import (
+    CACHE_ID_BYTES,
+    DIGEST_BYTES,
+    MAX_CERTIFICATE_BYTES,
+    MAX_SIGNATURE_BYTES,
+)
 from fedbeat.broker.secagg.keys import PUBLIC_KEY_BYTES
 from fedbeat.broker.secagg.params import MAX_DEGREE, RoundContext
 from fedbeat.broker.topics import DEVICE_ID
@@ -36,6 +41,7 @@ class Peer:
     mask_public: bytes
     certificate: bytes = b""   # its advertisement, as relayed (credentials.py); empty: unsigned
     signature: bytes = b""
+    digest: bytes = b""        # instead of the certificate: the SHA-256 of one the device has
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class AdvertiseKeys:
     mask_public: bytes
     certificate: bytes = b""   # DER, issued by the fleet CA to this device
     signature: bytes = b""     # over credentials.advertisement(...)
+    cache_id: bytes = b""      # names the neighbours' certificates this device remembers
 
 
 @dataclass(frozen=True)
@@ -107,13 +114,13 @@ Message = (AdvertiseKeys | NeighbourKeys | EncryptedShares | RelayedShares | Mas
 
 def encode(message: Message) -> bytes:
     match message:
-        case AdvertiseKeys(cipher_public, mask_public, certificate, signature):
+        case AdvertiseKeys(cipher_public, mask_public, certificate, signature, cache_id):
             body: dict[str, Any] = {"k": "advertise", "c": cipher_public, "s": mask_public,
-                                    "x": certificate, "g": signature}
+                                    "x": certificate, "g": signature, "m": cache_id}
         case NeighbourKeys(index, threshold, peers):
             body = {"k": "keys", "i": index, "t": threshold,
                     "p": [[p.device_id, p.index, p.cipher_public, p.mask_public,
-                           p.certificate, p.signature] for p in peers]}
+                           p.certificate, p.signature, p.digest] for p in peers]}
         case EncryptedShares(ciphertexts):
             body = {"k": "shares", "e": [list(pair) for pair in ciphertexts]}
         case RelayedShares(ciphertexts):
@@ -142,8 +149,11 @@ def decode(data: bytes, context: RoundContext) -> Message:
     what = f"secagg {kind}"
     match kind:
         case "advertise":
+            cache_id = cbor.field(body, "m", bytes, what)
+            if len(cache_id) not in (0, CACHE_ID_BYTES):
+                raise Rejected(RejectReason.MALFORMED, f"{what}: cache id of a wrong length")
             return AdvertiseKeys(_key(body, "c", what), _key(body, "s", what),
-                                 *_credential(body, what))
+                                 *_credential(body, what), cache_id)
         case "keys":
             peers = tuple(_peer(item, what) for item in _items(body, "p", what))
             _unique([peer.device_id for peer in peers], what)
@@ -172,8 +182,8 @@ def decode(data: bytes, context: RoundContext) -> Message:
 
 
 _FIELDS: dict[str, set[str]] = {
-    "advertise": {"c", "s", "x", "g"}, "keys": {"i", "t", "p"}, "shares": {"e"}, "relay": {"e"},
-    "masked": {"y"}, "unmask": {"a", "d"}, "reveal": {"b", "s"}, "abort": {"r"},
+    "advertise": {"c", "s", "x", "g", "m"}, "keys": {"i", "t", "p"}, "shares": {"e"},
+    "relay": {"e"}, "masked": {"y"}, "unmask": {"a", "d"}, "reveal": {"b", "s"}, "abort": {"r"},
 }
 
 
@@ -211,13 +221,17 @@ def _credential(body: Mapping[Any, Any], what: str) -> tuple[bytes, bytes]:
 
 
 def _peer(item: object, what: str) -> Peer:
-    device_id, index, cipher_public, mask_public, certificate, signature = cbor.as_sequence(
-        item, f"{what} peer", 6)
+    device_id, index, cipher_public, mask_public, certificate, signature, digest = \
+        cbor.as_sequence(item, f"{what} peer", 7)
     fields = {"i": index, "c": cipher_public, "s": mask_public, "x": certificate,
-              "g": signature}
+              "g": signature, "h": digest}
+    digest = cbor.field(fields, "h", bytes, what)
+    if len(digest) not in (0, DIGEST_BYTES):
+        raise Rejected(RejectReason.MALFORMED, f"{what}: certificate digest of a wrong length")
     return Peer(_device_id(device_id, what),
                 cbor.bounded_int(fields, "i", what, lo=1, hi=MAX_INDEX),
-                _key(fields, "c", what), _key(fields, "s", what), *_credential(fields, what))
+                _key(fields, "c", what), _key(fields, "s", what), *_credential(fields, what),
+                digest)
 
 
 def _pairs(body: Mapping[Any, Any], key: str, what: str,

@@ -11,8 +11,14 @@ import pytest
 
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.identity import DeviceIdentity
+from fedbeat.broker.secagg import wire
 from fedbeat.broker.secagg.coordinator import Coordinator
-from fedbeat.broker.secagg.credentials import Credentials, Trust
+from fedbeat.broker.secagg.credentials import (
+    CertificateMemo,
+    Credentials,
+    Trust,
+    certificate_digest,
+)
 from fedbeat.broker.secagg.keys import RoundKeys
 from fedbeat.broker.secagg.params import RoundContext
 from fedbeat.broker.secagg.participant import Participant
@@ -153,3 +159,55 @@ def test_an_advertisement_signed_for_another_round_is_refused(fleet: Path) -> No
     next_round = RoundContext("ward-7", CONTEXT.round_id + 1, CONTEXT.dim, CONTEXT.bits)
     with pytest.raises(Rejected, match="does not verify"):
         Coordinator(next_round, min_participants=3, trust=trust).receive("dev-b", advert)
+
+
+def _round(context: RoundContext, devices: dict[str, tuple[Credentials, Trust]],
+           coordinator_trust: Trust, memo: CertificateMemo) -> tuple[int, np.ndarray]:
+    """One authenticated round; (bytes of the key stage sent to devices, the sum)."""
+    coordinator = Coordinator(context, min_participants=3, trust=coordinator_trust, memo=memo)
+    participants = {d: Participant(d, context, credentials=c, trust=t)
+                    for d, (c, t) in devices.items()}
+    for name, participant in participants.items():
+        coordinator.receive(name, participant.advertise())
+    keys = coordinator.advance()
+    sent = sum(len(wire.encode(m)) for m in keys.values())
+    for name, message in keys.items():
+        coordinator.receive(name, participants[name].share_keys(message))  # type: ignore[arg-type]
+    for name, message in coordinator.advance().items():
+        coordinator.receive(name, participants[name].mask(
+            message, np.ones(context.dim, dtype=np.uint32)))  # type: ignore[arg-type]
+    for name, message in coordinator.advance().items():
+        coordinator.receive(name, participants[name].unmask(message))  # type: ignore[arg-type]
+    coordinator.advance()
+    return sent, coordinator.result().vector
+
+
+def test_certificates_a_device_checked_travel_as_digests_in_later_rounds(fleet: Path) -> None:
+    devices = {d: _device(fleet, d) for d in DEVICES}
+    memo = CertificateMemo()
+    aggregator_trust = _device(fleet, "dev-a")[1]
+    first, total = _round(CONTEXT, devices, aggregator_trust, memo)
+    assert np.all(total == 4)
+    later = RoundContext("ward-7", CONTEXT.round_id + 1, CONTEXT.dim, CONTEXT.bits)
+    second, total = _round(later, devices, aggregator_trust, memo)
+    assert np.all(total == 4)
+    assert first - second > 4 * 3 * 400          # 12 certificates replaced by 32-byte digests
+    # a device that lost its cache (a restart) advertises a new id and gets certificates again
+    devices["dev-b"] = _device(fleet, "dev-b")
+    third_context = RoundContext("ward-7", CONTEXT.round_id + 2, CONTEXT.dim, CONTEXT.bits)
+    third, total = _round(third_context, devices, aggregator_trust, memo)
+    assert np.all(total == 4)
+    assert second + 3 * 400 < third < first
+
+
+def test_an_unknown_digest_makes_the_device_leave_and_start_a_new_cache(fleet: Path) -> None:
+    credentials, trust = _device(fleet, "dev-a")
+    honest = _keys_for(fleet, "dev-a")
+    peer = honest.peers[0]
+    by_digest = dataclasses.replace(peer, certificate=b"",
+                                    digest=certificate_digest(peer.certificate))
+    victim = Participant("dev-a", CONTEXT, credentials=credentials, trust=trust)
+    old_id = victim.advertise().cache_id
+    with pytest.raises(Rejected, match="does not know"):
+        victim.share_keys(dataclasses.replace(honest, peers=(by_digest, *honest.peers[1:])))
+    assert trust.cache_id != old_id

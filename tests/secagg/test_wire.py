@@ -18,9 +18,10 @@ SHARE = bytes(shamir.SHARE_BYTES)
 
 SAMPLES: list[wire.Message] = [
     wire.AdvertiseKeys(KEY, KEY[::-1]),
-    wire.AdvertiseKeys(KEY, KEY, b"\x30" * 500, b"\x30" * 70),
+    wire.AdvertiseKeys(KEY, KEY, b"\x30" * 500, b"\x30" * 70, b"cacheid!"),
     wire.NeighbourKeys(3, 2, (wire.Peer("a", 1, KEY, KEY), wire.Peer("b", 2, KEY, KEY,
-                                                                      b"cert", b"sig"))),
+                                                                      b"cert", b"sig"),
+                              wire.Peer("c", 4, KEY, KEY, b"", b"sig", KEY))),
     wire.EncryptedShares((("a", CIPHERTEXT), ("b", CIPHERTEXT))),
     wire.RelayedShares((("a", CIPHERTEXT),)),
     wire.MaskedInput(bytes(16 * ring.bytes_per_value(20))),
@@ -43,17 +44,19 @@ def test_every_message_round_trips(message: wire.Message) -> None:
 
 
 @pytest.mark.parametrize("body", [
-    {"k": "advertise", "c": KEY, "s": KEY[:31], "x": b"", "g": b""},
-    {"k": "advertise", "c": KEY, "s": KEY, "x": b"", "g": b"", "extra": 1},
-    {"k": "advertise", "c": KEY, "s": KEY},
-    {"k": "advertise", "c": KEY, "s": KEY, "x": bytes(3000), "g": b""},
-    {"k": "advertise", "c": KEY, "s": KEY, "x": b"", "g": bytes(100)},
+    {"k": "advertise", "c": KEY, "s": KEY[:31], "x": b"", "g": b"", "m": b""},
+    {"k": "advertise", "c": KEY, "s": KEY, "x": b"", "g": b"", "m": b"", "extra": 1},
+    {"k": "advertise", "c": KEY, "s": KEY, "x": b"", "g": b""},
+    {"k": "advertise", "c": KEY, "s": KEY, "x": bytes(3000), "g": b"", "m": b""},
+    {"k": "advertise", "c": KEY, "s": KEY, "x": b"", "g": bytes(100), "m": b""},
+    {"k": "advertise", "c": KEY, "s": KEY, "x": b"", "g": b"", "m": b"short"},
     {"k": "keys", "i": 1, "t": 1, "p": [["a", 2, KEY, KEY]]},
+    {"k": "keys", "i": 1, "t": 1, "p": [["a", 2, KEY, KEY, b"", b"", b"not 32 bytes"]]},
     {"k": "keys", "i": 0, "t": 1, "p": []},
-    {"k": "keys", "i": 1, "t": 1, "p": [["a", 2, KEY, KEY, b"", b""],
-                                         ["a", 3, KEY, KEY, b"", b""]]},
-    {"k": "keys", "i": 1, "t": 1, "p": [["a", 2, KEY, KEY, b"", b""],
-                                         ["b", 2, KEY, KEY, b"", b""]]},
+    {"k": "keys", "i": 1, "t": 1, "p": [["a", 2, KEY, KEY, b"", b"", b""],
+                                         ["a", 3, KEY, KEY, b"", b"", b""]]},
+    {"k": "keys", "i": 1, "t": 1, "p": [["a", 2, KEY, KEY, b"", b"", b""],
+                                         ["b", 2, KEY, KEY, b"", b"", b""]]},
     {"k": "shares", "e": [["a/b", CIPHERTEXT]]},
     {"k": "shares", "e": [["a", CIPHERTEXT[:-1]]]},
     {"k": "shares", "e": [["a", CIPHERTEXT]] * 600},
@@ -89,7 +92,7 @@ _cbor_values = st.recursive(
 @given(st.sampled_from(sorted({"advertise", "keys", "shares", "relay", "masked", "unmask",
                                "reveal", "abort"})),
        st.dictionaries(st.sampled_from(["c", "s", "i", "t", "p", "e", "y", "a", "d", "b", "r",
-                                        "x", "g"]),
+                                        "x", "g", "m"]),
                        _cbor_values, max_size=4))
 def test_structured_garbage_of_every_kind_is_refused_cleanly(kind: str,
                                                              fields: dict[str, object]) -> None:
