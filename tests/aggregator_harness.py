@@ -142,6 +142,10 @@ class Device:
         announcement = Announcement.from_body(open_plain(message))
         self.announcements.put(announcement)
         me = self.identity.device_id
+        # Scripted devices take part in plain rounds only; a secure-aggregation round (perhaps
+        # retained from an earlier test on the module's broker) is not theirs to answer.
+        if announcement.mode == "secagg":
+            return
         if not self.answer_rounds or announcement.state != "open" or not participates(
                 me, announcement.round, announcement.participation_seed,
                 announcement.participation_fraction):
