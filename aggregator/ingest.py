@@ -51,6 +51,7 @@ class Outcome:
     device_id: str | None = None
     round_id: int | None = None
     nonce: bytes | None = None
+    secagg: bool = False          # a secure-aggregation stage message, not an update
 
 
 class Ingest:

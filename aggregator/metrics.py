@@ -55,6 +55,8 @@ class ServiceMetrics:
         self.latency = Histogram("fedbeat_ingest_latency_seconds", "From dequeue to a "
                                  "committed verdict, per message", buckets=LATENCY_BUCKETS,
                                  registry=r)
+        self.secagg_messages = Counter("fedbeat_secagg_messages", "Secure-aggregation stage "
+                                       "messages taken (not counted as updates)", registry=r)
         self.secagg_devices = Gauge("fedbeat_secagg_stage_devices", "Devices that reached each "
                                     "secure-aggregation stage in the last secure round",
                                     ["stage"], registry=r)

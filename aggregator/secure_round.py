@@ -75,7 +75,8 @@ class SecureRoundDriver:
         self.setup = secure_round(announcement, fleet, layout)
         self.coordinator = Coordinator(
             self.setup.context, min_participants=max(2, announcement.min_participants),
-            graph=self.setup.graph, graph_seed=self.setup.seed, trust=trust, memo=memo)
+            max_participants=self.setup.params.max_devices, graph=self.setup.graph,
+            graph_seed=self.setup.seed, trust=trust, memo=memo)
         self.sealing_key = sealing_key
         self.send = send
         self.overhead = Overhead()
@@ -106,8 +107,9 @@ class SecureRoundDriver:
             self.overhead.compute_s += time.perf_counter() - started
             self.overhead.bytes_in += len(message.header_bytes) + len(message.payload)
         except Rejected as rejected:
-            return Outcome(False, rejected.reason, rejected.detail, sender, header.round)
-        return Outcome(True, None, "", sender, header.round)
+            return Outcome(False, rejected.reason, rejected.detail, sender, header.round,
+                           secagg=True)
+        return Outcome(True, None, "", sender, header.round, secagg=True)
 
     # -- the clock ---------------------------------------------------------------------------
 

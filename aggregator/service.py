@@ -63,6 +63,7 @@ from fedbeat.broker.replay import ReplayGuard
 from fedbeat.broker.rounds import Announcement, SecAggConfig, TrainingConfig
 from fedbeat.broker.secagg.credentials import CertificateMemo, Trust
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
+from fedbeat.device.privacy.ddg import DdgParams
 
 log = logging.getLogger("fedbeat.aggregator")
 
@@ -143,6 +144,8 @@ class AggregatorService:
         self.layout = self.models.layout
         self.strategy = build_strategy(config)
         self.secure_mode = config.secagg.enabled
+        if self.secure_mode:
+            self._check_secure_ring(config)
         if self.secure_mode and (self.strategy.needs_individual_updates
                                  or config.aggregation.strategy != "fedavg"):
             raise ConfigError(
@@ -185,6 +188,18 @@ class AggregatorService:
             except MetricsUnavailableError as exc:
                 raise ConfigError(str(exc)) from None
         self._published_seen = 0
+
+    def _check_secure_ring(self, config: AggregatorConfig) -> None:
+        """Refuse at start a ring the round's numbers cannot use (rather than fail when a
+        round opens): too few bits for the devices' rounding, a bad clip, …"""
+        r, s = config.rounds, config.secagg
+        try:
+            DdgParams(dim=self.layout.size, clip_norm=r.clip_norm,
+                      noise_multiplier=r.noise_multiplier if r.dp_mode == "ddg" else 0.0,
+                      min_devices=max(2, min(r.min_participants, r.target_participants)),
+                      max_devices=max(2, r.target_participants), bits=s.bits)
+        except ValueError as exc:
+            raise ConfigError(f"[secagg] with [rounds]: {exc}") from None
 
     def _evaluator(self) -> Evaluator | None:
         e = self.config.evaluation
@@ -259,9 +274,12 @@ class AggregatorService:
         if row is None:
             self._open_next_round()
             return
-        if row.announcement.get("mode") == "secagg" and current.round_id != row.round_id:
-            # The devices' ephemeral keys and our protocol state died with the old process.
+        if row.announcement.get("mode") == "secagg":
             self.round = row
+            if current.round_id == row.round_id:     # crashed after committing the new model
+                self._finish_committed_round(row, current)
+                return
+            # The devices' ephemeral keys and our protocol state died with the old process.
             self._abort(row, "the aggregator restarted during secure aggregation; the round "
                              "cannot resume (no update was accepted individually)")
             return
@@ -492,6 +510,25 @@ class AggregatorService:
         self.client.publish_message(self.topics.inbox(device_id),
                                     sign_plain(header, body, self.identity.signing_key))
 
+    def _finish_committed_round(self, row: RoundRow, version: ModelVersion) -> None:
+        """Close a secure round whose model was committed before a crash. Its sum cannot be
+        recomputed (nothing was stored per device), so the committed model stands as it is;
+        the server optimizer keeps its state from before the round (with momentum or Adam,
+        that round's step is missing from it)."""
+        log.warning("round %d: finishing a secure round committed before a restart; the "
+                    "server optimizer state does not include its step", row.round_id)
+        self._publish_model(version)
+        announcement = self._announcement(row.round_id, self.models.get(row.model_version),
+                                          row.deadline, "closed", f"model v{version.version}")
+        self.store.finish_round(row.round_id, "closed", result_version=version.version,
+                                reason="", optimizer_state=encode_tensors(
+                                    self.optimizer.state_dict()),
+                                announcement=announcement.to_body())
+        self._announce(announcement)
+        self.rounds_closed += 1
+        self.round = None
+        self._open_next_round()
+
     def _publish_model(self, version: ModelVersion) -> None:
         assert self.client is not None
         published = self.models.read_published()
@@ -531,7 +568,10 @@ class AggregatorService:
         for d, outcome in zip(deliveries, outcomes, strict=True):
             if outcome is not None:
                 self.answered.note(outcome)
-                if outcome.accepted:
+                if outcome.accepted and outcome.secagg:
+                    log.debug("round %s: secure-aggregation message from %s", outcome.round_id,
+                              outcome.device_id)
+                elif outcome.accepted:
                     log.info("round %s: accepted update from %s (%d in)", outcome.round_id,
                              outcome.device_id, len(self.aggregation or ()))
                     self._crash_point("after-accept")
@@ -555,7 +595,9 @@ class AggregatorService:
             if outcome is None:
                 continue
             m.latency.observe(seconds)
-            if outcome.accepted:
+            if outcome.accepted and outcome.secagg:
+                m.secagg_messages.inc()
+            elif outcome.accepted:
                 m.accepted.inc()
             elif outcome.reason is not None:
                 m.rejected.labels(outcome.reason.value).inc()

@@ -158,6 +158,7 @@ def test_secure_aggregation_with_distributed_dp_survives_dropouts_mid_protocol(
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["simulate", "--synthetic", "--devices", "10", "--rounds",
                                       "2", "--secagg", "--dp", "ddg", "--sigma", "1.0",
+                                      "--epsilon-budget", "30",     # ledger: ε 17.6 for two
                                       "--dropout", "0.1", "--secagg-dropout", "0.3",
                                       "--deadline", "15", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output

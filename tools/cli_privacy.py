@@ -192,8 +192,9 @@ def ddg(sigma: float, rounds: int, min_devices: int, devices: int | None, clip_n
                f"{contributors} devices  (protects {result['protects']})")
     click.echo(f"  a trusted aggregator adding the same noise, N(0, ({total_sigma:.3g}·C)²), "
                f"itself: ε = {central:.4g}; {bits}-bit ring, step γ = {params.granularity:.3g}")
-    click.echo(f"  each device's ledger charges σ_eq = {charged:.4g} per round "
-               f"(assumes only {min_devices} contribute)")
+    click.echo(f"  each device's ledger charges σ_eq = {charged:.4g} per round, at twice the "
+               f"sensitivity (any change of the patient's data, as for update-level DP; it "
+               f"assumes only {min_devices} contribute)")
 
 
 @privacy.command()

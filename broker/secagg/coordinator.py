@@ -22,6 +22,7 @@ devices enforce the same rule on their side (:mod:`~fedbeat.broker.secagg.partic
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from fedbeat.broker.secagg.credentials import (
     advertisement,
     certificate_digest,
 )
-from fedbeat.broker.secagg.keys import pair_seed
+from fedbeat.broker.secagg.keys import check_not_low_order, pair_seed
 from fedbeat.broker.secagg.params import DEFAULT_GRAPH, GraphParams, RoundContext, neighbour_graph
 from fedbeat.broker.secagg.wire import (
     Abort,
@@ -85,16 +86,19 @@ class Coordinator:
     """One round; :meth:`receive` each device message, :meth:`advance` to close a stage."""
 
     def __init__(self, context: RoundContext, *, min_participants: int,
+                 max_participants: int | None = None,
                  graph: GraphParams = DEFAULT_GRAPH, graph_seed: bytes = b"",
                  trust: Trust | None = None, memo: CertificateMemo | None = None) -> None:
         """With ``trust``, key advertisements must be signed by a certificate of the fleet CA
         (credentials.py); a bad one is refused on arrival, before any neighbour sees it.
         ``memo`` (kept across rounds) lets certificates a device already checked travel as
-        digests."""
+        digests. ``max_participants`` caps key advertisements: the ring is sized for that many
+        inputs (DDG's ``max_devices``), and more could wrap the sum around."""
         if min_participants < 2:
             raise ValueError("secure aggregation needs at least 2 participants")
         self.context = context
         self.min_participants = min_participants
+        self.max_participants = max_participants
         self.graph_params = graph
         self.graph_seed = graph_seed
         self.trust = trust
@@ -121,10 +125,19 @@ class Coordinator:
         match self.phase, message:
             case Phase.ADVERTISE, AdvertiseKeys():
                 self._once(device_id, self._adverts)
+                if self.max_participants is not None and \
+                        len(self._adverts) >= self.max_participants:
+                    raise Rejected(RejectReason.NOT_OPEN, "the round has all the devices its "
+                                                          "ring can hold")
                 if self.trust is not None:
                     self.trust.verify(device_id, message.certificate, message.signature,
                                       advertisement(self.context, device_id,
-                                                    message.cipher_public, message.mask_public))
+                                                    message.cipher_public, message.mask_public,
+                                                    message.seed_digest))
+                if len(message.seed_digest) != 32:
+                    raise Rejected(RejectReason.SECAGG_VIOLATION, "advertisement without the "
+                                                                  "self-mask seed's digest")
+                check_not_low_order(message.cipher_public, message.mask_public)
                 self._adverts[device_id] = message
             case Phase.SHARE, EncryptedShares():
                 self._take_shares(device_id, message)
@@ -246,7 +259,7 @@ class Coordinator:
             if self.memo.knows(device, self._adverts[device].cache_id, known):
                 certificate, digest = b"", known
         return Peer(neighbour, self._index[neighbour], advert.cipher_public, advert.mask_public,
-                    certificate, advert.signature, digest)
+                    certificate, advert.signature, digest, advert.seed_digest)
 
     def _close_share(self) -> dict[str, Message]:
         self._enough(self._shared, "shared their keys")
@@ -288,6 +301,8 @@ class Coordinator:
         try:
             for owner in sorted(self._masked):
                 seed = shamir.reconstruct(self._self_shares[owner], self.threshold)
+                if hashlib.sha256(seed).digest() != self._adverts[owner].seed_digest:
+                    raise shamir.ShareError(f"{owner}'s self-mask shares are inconsistent")
                 ring.subtract(total, ring.expand(seed, dim, bits), bits)
             for owner in sorted(self._shared - self._masked):
                 holders = self._masked_with[owner] & self._masked

@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg.params import RoundContext
+from fedbeat.broker.topics import AGGREGATOR_ID
 
 MAX_CERTIFICATE_BYTES = 2048
 MAX_SIGNATURE_BYTES = 80          # DER ECDSA P-256 is at most 72
@@ -40,9 +41,11 @@ _SIGNATURE = ec.ECDSA(hashes.SHA256())
 
 
 def advertisement(context: RoundContext, device_id: str, cipher_public: bytes,
-                  mask_public: bytes) -> bytes:
-    """The bytes a device signs for its advertisement: round context, id and both keys."""
-    return context.label("advertise") + b"\x00" + device_id.encode() + cipher_public + mask_public
+                  mask_public: bytes, seed_digest: bytes = b"") -> bytes:
+    """The bytes a device signs for its advertisement: round context, id, both keys and the
+    digest of its self-mask seed."""
+    return (context.label("advertise") + b"\x00" + device_id.encode() + cipher_public
+            + mask_public + seed_digest)
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,10 @@ class Trust:
     def _check_certificate(self, device_id: str, certificate: bytes
                            ) -> tuple[ec.EllipticCurvePublicKey, dt.datetime, dt.datetime]:
         """The certificate's key and validity window, if the fleet CA issued it to
-        ``device_id`` of this fleet for signing."""
+        ``device_id`` of this fleet for signing. The aggregator's own client certificate is
+        from the same CA: it never counts as a device (a neighbour of its own choosing)."""
+        if device_id == AGGREGATOR_ID:
+            raise _refuse("the aggregator is not a device")
         try:
             cert = x509.load_der_x509_certificate(certificate)
             cert.verify_directly_issued_by(self.ca)

@@ -61,6 +61,14 @@ def exchange(private: X25519PrivateKey, peer_public: bytes) -> bytes:
         raise Rejected(RejectReason.MALFORMED, "peer key is of low order") from None
 
 
+def check_not_low_order(*public_keys: bytes) -> None:
+    """Refuse keys no agreement can use (low-order points give an all-zero secret), at the
+    advertisement: let through, one such key would make every neighbour leave the round."""
+    probe = X25519PrivateKey.generate()
+    for raw in public_keys:
+        exchange(probe, raw)
+
+
 def _derive(shared: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
 

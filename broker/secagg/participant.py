@@ -17,6 +17,7 @@ Secrets are dropped as soon as the round ends or aborts.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from enum import Enum
 
@@ -82,12 +83,16 @@ class Participant:
         keys = self._expect(Stage.ADVERTISE)
         self.stage = Stage.SHARE
         cipher_public, mask_public = keys.public()
+        assert self._self_seed is not None
+        seed_digest = hashlib.sha256(self._self_seed).digest()
         if self.credentials is None:
-            return AdvertiseKeys(cipher_public, mask_public)
-        signed = advertisement(self.context, self.device_id, cipher_public, mask_public)
+            return AdvertiseKeys(cipher_public, mask_public, seed_digest=seed_digest)
+        signed = advertisement(self.context, self.device_id, cipher_public, mask_public,
+                               seed_digest)
         return AdvertiseKeys(cipher_public, mask_public, self.credentials.certificate,
                              self.credentials.sign(signed),
-                             self.trust.cache_id if self.trust is not None else b"")
+                             self.trust.cache_id if self.trust is not None else b"",
+                             seed_digest)
 
     def share_keys(self, message: NeighbourKeys) -> EncryptedShares:
         """Split the self-mask seed and the mask key among the neighbours, sealed to each."""
@@ -127,7 +132,8 @@ class Participant:
                 raise _refuse(f"{peer.device_id}: certificate sent by a digest this device "
                               "does not know")
         trust.verify(peer.device_id, certificate, peer.signature, advertisement(
-            self.context, peer.device_id, peer.cipher_public, peer.mask_public))
+            self.context, peer.device_id, peer.cipher_public, peer.mask_public,
+            peer.seed_digest))
 
     def mask(self, message: RelayedShares, vector: np.ndarray) -> MaskedInput:
         """``vector`` (ring elements) plus the self-mask and the pairwise masks, packed."""

@@ -25,7 +25,7 @@ from fedbeat.broker.secagg.credentials import (
 )
 from fedbeat.broker.secagg.keys import PUBLIC_KEY_BYTES
 from fedbeat.broker.secagg.params import MAX_DEGREE, RoundContext
-from fedbeat.broker.topics import DEVICE_ID
+from fedbeat.broker.topics import AGGREGATOR_ID, DEVICE_ID
 
 SHARES_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES       # self-mask seed share || mask key share
 SHARES_CIPHERTEXT_BYTES = SHARES_PLAINTEXT_BYTES + 16  # + Poly1305 tag
@@ -42,6 +42,7 @@ class Peer:
     certificate: bytes = b""   # its advertisement, as relayed (credentials.py); empty: unsigned
     signature: bytes = b""
     digest: bytes = b""        # instead of the certificate: the SHA-256 of one the device has
+    seed_digest: bytes = b""   # as advertised (it is part of what the signature covers)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class AdvertiseKeys:
     certificate: bytes = b""   # DER, issued by the fleet CA to this device
     signature: bytes = b""     # over credentials.advertisement(...)
     cache_id: bytes = b""      # names the neighbours' certificates this device remembers
+    seed_digest: bytes = b""   # SHA-256 of the self-mask seed: checks its reconstruction
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,16 @@ Message = (AdvertiseKeys | NeighbourKeys | EncryptedShares | RelayedShares | Mas
 
 def encode(message: Message) -> bytes:
     match message:
-        case AdvertiseKeys(cipher_public, mask_public, certificate, signature, cache_id):
+        case AdvertiseKeys(cipher_public, mask_public, certificate, signature, cache_id,
+                           seed_digest):
             body: dict[str, Any] = {"k": "advertise", "c": cipher_public, "s": mask_public,
-                                    "x": certificate, "g": signature, "m": cache_id}
+                                    "x": certificate, "g": signature, "m": cache_id,
+                                    "b": seed_digest}
         case NeighbourKeys(index, threshold, peers):
             body = {"k": "keys", "i": index, "t": threshold,
                     "p": [[p.device_id, p.index, p.cipher_public, p.mask_public,
-                           p.certificate, p.signature, p.digest] for p in peers]}
+                           p.certificate, p.signature, p.digest, p.seed_digest]
+                          for p in peers]}
         case EncryptedShares(ciphertexts):
             body = {"k": "shares", "e": [list(pair) for pair in ciphertexts]}
         case RelayedShares(ciphertexts):
@@ -152,8 +157,11 @@ def decode(data: bytes, context: RoundContext) -> Message:
             cache_id = cbor.field(body, "m", bytes, what)
             if len(cache_id) not in (0, CACHE_ID_BYTES):
                 raise Rejected(RejectReason.MALFORMED, f"{what}: cache id of a wrong length")
+            seed_digest = cbor.field(body, "b", bytes, what)
+            if len(seed_digest) not in (0, DIGEST_BYTES):
+                raise Rejected(RejectReason.MALFORMED, f"{what}: seed digest of a wrong length")
             return AdvertiseKeys(_key(body, "c", what), _key(body, "s", what),
-                                 *_credential(body, what), cache_id)
+                                 *_credential(body, what), cache_id, seed_digest)
         case "keys":
             peers = tuple(_peer(item, what) for item in _items(body, "p", what))
             _unique([peer.device_id for peer in peers], what)
@@ -182,7 +190,7 @@ def decode(data: bytes, context: RoundContext) -> Message:
 
 
 _FIELDS: dict[str, set[str]] = {
-    "advertise": {"c", "s", "x", "g", "m"}, "keys": {"i", "t", "p"}, "shares": {"e"},
+    "advertise": {"c", "s", "x", "g", "m", "b"}, "keys": {"i", "t", "p"}, "shares": {"e"},
     "relay": {"e"}, "masked": {"y"}, "unmask": {"a", "d"}, "reveal": {"b", "s"}, "abort": {"r"},
 }
 
@@ -195,7 +203,8 @@ def _items(body: Mapping[Any, Any], key: str, what: str) -> Sequence[Any]:
 
 
 def _device_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or DEVICE_ID.fullmatch(value) is None:
+    if not isinstance(value, str) or DEVICE_ID.fullmatch(value) is None \
+            or value == AGGREGATOR_ID:
         raise Rejected(RejectReason.MALFORMED, f"{what}: not a device id")
     return value
 
@@ -221,17 +230,17 @@ def _credential(body: Mapping[Any, Any], what: str) -> tuple[bytes, bytes]:
 
 
 def _peer(item: object, what: str) -> Peer:
-    device_id, index, cipher_public, mask_public, certificate, signature, digest = \
-        cbor.as_sequence(item, f"{what} peer", 7)
+    device_id, index, cipher_public, mask_public, certificate, signature, digest, seed = \
+        cbor.as_sequence(item, f"{what} peer", 8)
     fields = {"i": index, "c": cipher_public, "s": mask_public, "x": certificate,
-              "g": signature, "h": digest}
-    digest = cbor.field(fields, "h", bytes, what)
-    if len(digest) not in (0, DIGEST_BYTES):
-        raise Rejected(RejectReason.MALFORMED, f"{what}: certificate digest of a wrong length")
+              "g": signature, "h": digest, "b": seed}
+    digests = [cbor.field(fields, key, bytes, what) for key in ("h", "b")]
+    if any(len(d) not in (0, DIGEST_BYTES) for d in digests):
+        raise Rejected(RejectReason.MALFORMED, f"{what}: a digest of a wrong length")
     return Peer(_device_id(device_id, what),
                 cbor.bounded_int(fields, "i", what, lo=1, hi=MAX_INDEX),
                 _key(fields, "c", what), _key(fields, "s", what), *_credential(fields, what),
-                digest)
+                *digests)
 
 
 def _pairs(body: Mapping[Any, Any], key: str, what: str,

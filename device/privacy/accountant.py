@@ -295,8 +295,9 @@ def accounted_step(*, mode: str, noise_multiplier: float, sample_rate: float = 1
     - ``"ddg"``: the device's clipped update enters a secure sum that carries the distributed
       discrete Gaussian's noise; ``noise_multiplier`` is the Gaussian-equivalent multiplier
       ``ddg_accounting.equivalent_noise_multiplier`` derives (an upper bound on the sum's RDP
-      at every order, Kairouz et al. Theorem 1), for adding or removing this device's whole
-      contribution: charged as (σ_eq, 1), user-level.
+      at every order, Kairouz et al. Theorem 1, for adding or removing the device). As for
+      ``"update"``, the ledger protects any change of the patient's data, which moves the
+      rounded update by up to twice its bound: charged as (σ_eq/2, 1), user-level.
     - ``"none"``: no noise: charged as (0, 1), i.e. ε = ∞.
     """
     if mode == "dpsgd":
@@ -307,7 +308,7 @@ def accounted_step(*, mode: str, noise_multiplier: float, sample_rate: float = 1
         return noise_multiplier / 2.0, 1.0
     if mode == "ddg":
         _check_mechanism(noise_multiplier, 1.0)
-        return noise_multiplier, 1.0
+        return noise_multiplier / 2.0, 1.0
     if mode == "none":
         return 0.0, 1.0
     raise ValueError(f"mode must be one of {', '.join(DP_MODES)}, got {mode!r}")

@@ -35,7 +35,9 @@ def ddg_rdp(params: DdgParams, devices: int,
     """RDP at ``orders`` of one round whose sum holds ``devices`` contributions."""
     if devices < 1:
         raise ValueError("a sum needs at least one device")
-    if params.noise_multiplier == 0:
+    if params.noise_multiplier == 0 or params.local_stddev / params.granularity < 0.5:
+        # no noise, or less than half a ring step per device: outside what Theorem 1 covers
+        # (Proposition 14 assumes each share's stddev is at least 1/2 in integer units)
         return np.full(len(orders), np.inf)
     sigma2 = devices * params.local_stddev**2             # noise variance of the sum
     scale = params.rounded_norm_bound / math.sqrt(sigma2)
@@ -51,7 +53,7 @@ def equivalent_noise_multiplier(params: DdgParams, devices: int) -> float:
     The second term of Theorem 1's minimum is exactly a Gaussian mechanism's RDP with
     multiplier 1 / (Δ/(√n σ) + τ√d), so a device's ledger can charge that (conservative) value.
     """
-    if params.noise_multiplier == 0:
+    if params.noise_multiplier == 0 or params.local_stddev / params.granularity < 0.5:
         return 0.0
     scale = params.rounded_norm_bound / (math.sqrt(devices) * params.local_stddev)
     t = tau(params.local_stddev / params.granularity, devices)

@@ -191,9 +191,12 @@ class PrivacyLedger:
 
     @property
     def level(self) -> str:
-        """``"user"`` if every spend was update-level (the ε then protects the patient's whole
-        data), else ``"record"`` (it protects one beat; DP-SGD gives no user-level bound)."""
-        return "record" if any(e.spend.mode != "update" for e in self._entries) else "user"
+        """``"user"`` if every spend was user-level (update or ddg: the ε then protects the
+        patient's whole data), else ``"record"`` (it protects one beat; DP-SGD gives no
+        user-level bound)."""
+        user_level = ("update", "ddg")
+        return "record" if any(e.spend.mode not in user_level for e in self._entries) \
+            else "user"
 
     def accountant(self) -> RdpAccountant:
         """A fresh :class:`RdpAccountant` charged with every recorded spend."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedbeat.broker.client import BrokerConnectionError
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import wire
 from fedbeat.broker.secagg.credentials import Credentials, Trust
@@ -44,7 +45,11 @@ class SecAggSession:
         return self.participant.stage is Stage.DONE
 
     def start(self) -> None:
-        self._send(wire.encode(self.participant.advertise()))
+        try:
+            self._send(wire.encode(self.participant.advertise()))
+        except BrokerConnectionError as lost:
+            log.warning("round %d: could not advertise keys (%s)", self.round_id, lost)
+            self._end("left: offline")
 
     def on_message(self, data: bytes) -> None:
         """Answer one stage message from the aggregator (already signature-verified)."""
@@ -58,7 +63,12 @@ class SecAggSession:
             self._end(f"left: {refused}")
             return
         if reply is not None:
-            self._send(wire.encode(reply))
+            try:
+                self._send(wire.encode(reply))
+            except BrokerConnectionError as lost:     # offline: a dropout, not a crash
+                log.warning("round %d: could not send a secure-aggregation message (%s); "
+                            "leaving the round", self.round_id, lost)
+                self._end("left: offline")
 
     def _answer(self, message: wire.Message) -> wire.Message | None:
         p = self.participant
@@ -66,7 +76,8 @@ class SecAggSession:
             case wire.NeighbourKeys():
                 return p.share_keys(message)
             case wire.RelayedShares():
-                assert self._encoded is not None
+                if self._encoded is None:
+                    raise Rejected(RejectReason.SECAGG_VIOLATION, "shares relayed twice")
                 masked = p.mask(message, self._encoded)
                 self._encoded = None
                 return masked

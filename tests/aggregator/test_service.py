@@ -393,18 +393,21 @@ def test_a_secure_round_cut_by_a_crash_is_aborted_on_restart_and_the_next_opens(
         restarted.stop()
 
 
-@pytest.mark.parametrize(("setting", "value"), [("aggregation__strategy", "median"),
-                                                ("aggregation__norm_bound", True)])
-def test_secure_aggregation_refuses_rules_that_must_see_each_update(
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("aggregation__strategy", "median", "reveals only the sum"),
+    ("aggregation__norm_bound", True, "reveals only the sum"),
+    ("secagg__bits", 3, "use more bits"),          # 8 levels cannot hold 4 devices' rounding
+])
+def test_secure_aggregation_refuses_settings_it_cannot_serve_at_start(
         tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
-        setting: str, value: object) -> None:
+        setting: str, value: object, message: str) -> None:
     config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
                           broker=mosquitto.tls_url, model_dir=model_dir,
                           state_dir=tmp_path / "state", secagg__enabled=True,
                           **{setting: value})
     result = CliRunner().invoke(cli, ["aggregator", "run", "--config", str(config)])
     assert result.exit_code != 0
-    assert "reveals only the sum" in result.output
+    assert message in result.output
     assert "Traceback" not in result.output
 
 
@@ -465,3 +468,35 @@ def test_metrics_port_taken_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitt
     assert result.exit_code != 0
     assert "metrics_port" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_secure_round_whose_model_was_committed_before_a_crash_is_finished_on_restart(
+        tmp_path: Path, mosquitto: MosquittoBroker, fleet_keys: Path, model_dir: Path,
+        devices: list[Device]) -> None:
+    """The sum of a secure round cannot be recomputed after a crash; if the new model was
+    committed, the restart closes the round with it (no crash loop) and goes on."""
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "aggregator.toml", keys=fleet_keys,
+                          broker=mosquitto.tls_url, model_dir=model_dir, state_dir=state,
+                          rounds__rounds=3, secagg__enabled=True, secagg__bits=16)
+    process = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    device = start_devices(devices, mosquitto.tls_url, fleet_keys, model_dir, ["dev-5"])[0]
+    device.answer_rounds = False
+    first = wait_for_open_round(device, mode="secagg")
+    process.stop()
+    # what a crash between the model commit and closing the round leaves behind
+    store = ModelStore.open(state / "models", model_dir)
+    committed = store.commit(np.array(store.current().params) + np.float32(0.5),
+                             round_id=first.round, metrics={})
+    restarted = AggregatorProcess(config, tmp_path / "aggregator.log").start()
+    try:
+        nxt = wait_for_open_round(device, mode="secagg")
+        assert nxt.round == first.round + 1
+        assert nxt.model_version == committed.version
+        rounds = {r["round_id"]: r for r in status_of(config)["rounds"]}  # type: ignore[union-attr]
+        assert rounds[first.round]["state"] == "closed"
+        assert rounds[first.round]["result_version"] == committed.version
+        assert restarted.proc is not None
+        assert restarted.proc.poll() is None                  # still running, no crash loop
+    finally:
+        restarted.stop()

@@ -179,10 +179,12 @@ def test_device_ledger_charge_bounds_the_ddg_rdp_at_every_order(bits: int) -> No
     accountant = RdpAccountant()
     Spend("7", "ddg", sigma_eq).charge(accountant)
     charged = accountant.rdp()
-    assert np.all(charged >= ddg_rdp(params, params.min_devices, DEFAULT_ORDERS) - 1e-12)
+    # the ledger protects any change of the patient's data: twice the add/remove sensitivity,
+    # four times the RDP of Theorem 1
+    assert np.all(charged >= 4 * ddg_rdp(params, params.min_devices, DEFAULT_ORDERS) - 1e-12)
     # and it is not wildly loose: at fine granularity it is the central Gaussian's charge
     if bits == 20:
-        np.testing.assert_allclose(charged, rdp_gaussian(noise_multiplier=1.2), rtol=1e-3)
+        np.testing.assert_allclose(charged, rdp_gaussian(noise_multiplier=0.6), rtol=1e-3)
 
 
 def test_privacy_ddg_command_matches_the_central_gaussian_and_refuses_bad_flags() -> None:

@@ -110,7 +110,8 @@ def test_certificates_that_do_not_prove_the_neighbour_are_refused(
         credentials, _ = _device(tmp_path / "other", peer.device_id)
         from fedbeat.broker.secagg.credentials import advertisement
 
-        signed = advertisement(CONTEXT, peer.device_id, peer.cipher_public, peer.mask_public)
+        signed = advertisement(CONTEXT, peer.device_id, peer.cipher_public, peer.mask_public,
+                           peer.seed_digest)
         bad = dataclasses.replace(peer, certificate=credentials.certificate,
                                   signature=credentials.sign(signed))
     else:
@@ -141,7 +142,8 @@ def test_an_expired_certificate_is_refused(fleet: Path) -> None:
     peer = honest.peers[0]
     from fedbeat.broker.secagg.credentials import advertisement
 
-    signed = advertisement(CONTEXT, peer.device_id, peer.cipher_public, peer.mask_public)
+    signed = advertisement(CONTEXT, peer.device_id, peer.cipher_public, peer.mask_public,
+                           peer.seed_digest)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=20 * 365)
     trust.verify(peer.device_id, peer.certificate, peer.signature, signed)
     # the certificate is now remembered as checked: validity and signature still are not
@@ -211,3 +213,19 @@ def test_an_unknown_digest_makes_the_device_leave_and_start_a_new_cache(fleet: P
     with pytest.raises(Rejected, match="does not know"):
         victim.share_keys(dataclasses.replace(honest, peers=(by_digest, *honest.peers[1:])))
     assert trust.cache_id != old_id
+
+
+def test_the_aggregators_own_certificate_is_never_a_neighbour(fleet: Path) -> None:
+    from fedbeat.broker.identity import AggregatorIdentity
+    from fedbeat.broker.secagg.credentials import advertisement
+
+    aggregator = AggregatorIdentity.load(fleet)
+    credentials = Credentials.load(aggregator.client_cert, aggregator.client_key)
+    _, trust = _device(fleet, "dev-a")
+    signed = advertisement(CONTEXT, "aggregator", bytes(32), bytes(32))
+    with pytest.raises(Rejected, match="not a device"):
+        trust.verify("aggregator", credentials.certificate, credentials.sign(signed), signed)
+    with pytest.raises(Rejected) as malformed:
+        wire.decode(wire.encode(wire.RelayedShares((("aggregator", bytes(
+            wire.SHARES_CIPHERTEXT_BYTES)),))), CONTEXT)
+    assert malformed.value.reason is RejectReason.MALFORMED

@@ -260,3 +260,44 @@ def test_shamir_threshold_reconstructs_and_one_fewer_does_not() -> None:
     assert shamir.reconstruct(dict(list(shares.items())[4:]), 6) == secret
     with pytest.raises(shamir.ShareError):
         shamir.reconstruct(dict(list(shares.items())[:5]), 6)
+
+
+def test_key_advertisements_beyond_what_the_ring_holds_are_refused() -> None:
+    coordinator = Coordinator(CONTEXT, min_participants=2, max_participants=3)
+    for device in ("a1", "b2", "c3"):
+        coordinator.receive(device, Participant(device, CONTEXT).advertise())
+    with pytest.raises(Rejected) as full:
+        coordinator.receive("d4", Participant("d4", CONTEXT).advertise())
+    assert full.value.reason is RejectReason.NOT_OPEN
+    assert coordinator.stage_sizes["advertised"] == 3
+
+
+def test_a_wrong_self_mask_share_aborts_instead_of_a_wrong_sum() -> None:
+    inputs = _inputs(6)
+    coordinator, participants = _start(inputs, min_participants=4)
+    for device, message in coordinator.advance().items():
+        assert isinstance(message, RelayedShares)
+        coordinator.receive(device, participants[device].mask(message, inputs[device]))
+    for device, message in coordinator.advance().items():
+        assert isinstance(message, UnmaskRequest)
+        revealed = participants[device].unmask(message)
+        if device == "dev-001":                          # one faulty holder
+            revealed = wire.RevealedShares(
+                tuple((owner, shamir.share_to_bytes(12345)) for owner, _ in revealed.self_mask),
+                revealed.mask_key)
+        coordinator.receive(device, revealed)
+    coordinator.advance()
+    with pytest.raises(SecAggAborted, match="self-mask shares are inconsistent"):
+        coordinator.result()
+
+
+def test_a_low_order_key_is_refused_at_the_advertisement() -> None:
+    coordinator = Coordinator(CONTEXT, min_participants=2)
+    honest = Participant("a1", CONTEXT).advertise()
+    with pytest.raises(Rejected) as refused:
+        coordinator.receive("a1", wire.AdvertiseKeys(bytes(32), honest.mask_public,
+                                                     seed_digest=honest.seed_digest))
+    assert refused.value.reason is RejectReason.MALFORMED
+    with pytest.raises(Rejected, match="digest"):
+        coordinator.receive("a1", wire.AdvertiseKeys(honest.cipher_public, honest.mask_public))
+    coordinator.receive("a1", honest)

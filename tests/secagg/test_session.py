@@ -64,3 +64,24 @@ def test_garbage_and_aborts_end_the_session_without_an_exception() -> None:
     sessions["b2"].start()
     sessions["b2"].on_message(wire.encode(wire.Abort("too few devices")))
     assert sessions["b2"].outcome == "aborted: too few devices"
+
+
+def test_shares_relayed_twice_end_the_session_instead_of_the_device() -> None:
+    names = ["a1", "b2", "c3"]
+    sessions, sent = _sessions(names)
+    setup = secure_round(ANNOUNCEMENT, "fleet", LAYOUT)
+    coordinator = Coordinator(setup.context, min_participants=2, graph=setup.graph,
+                              graph_seed=setup.seed)
+    for session in sessions.values():
+        session.start()
+    relay: dict[str, bytes] = {}
+    for _ in range(2):
+        for name in names:
+            while sent[name]:
+                coordinator.receive(name, wire.decode(sent[name].pop(0), setup.context))
+        for device, message in coordinator.advance().items():
+            relay[device] = wire.encode(message)
+            sessions[device].on_message(relay[device])
+    sessions["a1"].on_message(relay["a1"])            # the same RelayedShares again
+    assert sessions["a1"].finished
+    assert sessions["a1"].outcome.startswith("left:")
