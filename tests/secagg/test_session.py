@@ -28,20 +28,31 @@ def _sessions(names: list[str]) -> tuple[dict[str, SecAggSession], dict[str, lis
     return sessions, sent
 
 
-def test_three_sessions_and_a_coordinator_sum_over_the_wire_bytes() -> None:
-    names = ["a1", "b2", "c3"]
+def _run_stages(names: list[str], stages: int) -> tuple[
+        dict[str, SecAggSession], Coordinator, dict[str, bytes]]:
+    """Sessions and a coordinator exchanging wire bytes for ``stages`` stages; returns the
+    last stage's messages to the devices too."""
     sessions, sent = _sessions(names)
     setup = secure_round(ANNOUNCEMENT, "fleet", LAYOUT)
     coordinator = Coordinator(setup.context, min_participants=2, graph=setup.graph,
                               graph_seed=setup.seed)
     for session in sessions.values():
         session.start()
-    for _ in range(4):
+    last: dict[str, bytes] = {}
+    for _ in range(stages):
         for name in names:
             while sent[name]:
                 coordinator.receive(name, wire.decode(sent[name].pop(0), setup.context))
         for device, message in coordinator.advance().items():
-            sessions[device].on_message(wire.encode(message))
+            last[device] = wire.encode(message)
+            sessions[device].on_message(last[device])
+    return sessions, coordinator, last
+
+
+def test_three_sessions_and_a_coordinator_sum_over_the_wire_bytes() -> None:
+    names = ["a1", "b2", "c3"]
+    sessions, coordinator, _ = _run_stages(names, 4)
+    setup = secure_round(ANNOUNCEMENT, "fleet", LAYOUT)
     total = coordinator.result()
     assert total.contributors == tuple(names)
     assert all(session.finished and session.outcome == "unmasked"
@@ -67,21 +78,7 @@ def test_garbage_and_aborts_end_the_session_without_an_exception() -> None:
 
 
 def test_shares_relayed_twice_end_the_session_instead_of_the_device() -> None:
-    names = ["a1", "b2", "c3"]
-    sessions, sent = _sessions(names)
-    setup = secure_round(ANNOUNCEMENT, "fleet", LAYOUT)
-    coordinator = Coordinator(setup.context, min_participants=2, graph=setup.graph,
-                              graph_seed=setup.seed)
-    for session in sessions.values():
-        session.start()
-    relay: dict[str, bytes] = {}
-    for _ in range(2):
-        for name in names:
-            while sent[name]:
-                coordinator.receive(name, wire.decode(sent[name].pop(0), setup.context))
-        for device, message in coordinator.advance().items():
-            relay[device] = wire.encode(message)
-            sessions[device].on_message(relay[device])
+    sessions, _, relay = _run_stages(["a1", "b2", "c3"], 2)
     sessions["a1"].on_message(relay["a1"])            # the same RelayedShares again
     assert sessions["a1"].finished
     assert sessions["a1"].outcome.startswith("left:")
