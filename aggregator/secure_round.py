@@ -33,8 +33,8 @@ from fedbeat.broker.secagg import wire
 from fedbeat.broker.secagg.coordinator import Coordinator, Phase, SecAggAborted
 from fedbeat.broker.secagg.credentials import CertificateMemo, Trust
 from fedbeat.device.privacy.ddg_accounting import ddg_epsilon
-from fedbeat.device.privacy.secure_round import secure_round, unflatten
-from fedbeat.models.params import ParamLayout
+from fedbeat.device.privacy.secure_round import secure_round
+from fedbeat.models.params import ParamLayout, Params
 
 log = logging.getLogger("fedbeat.aggregator")
 
@@ -161,7 +161,7 @@ class SecureRoundDriver:
         total = self.coordinator.result()
         n = len(total.contributors)
         mean = self.setup.encoder.decode_sum(total.vector) / n
-        delta = unflatten(mean, self.layout)
+        delta = dict(Params.from_flat(self.layout, mean))
         self.contributors = total.contributors
         self.result = AggregateResult(delta, {name: n for name in delta}, float(n),
                                       dropped=total.dropped)

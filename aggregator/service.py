@@ -63,7 +63,7 @@ from fedbeat.broker.replay import ReplayGuard
 from fedbeat.broker.rounds import Announcement, SecAggConfig, TrainingConfig
 from fedbeat.broker.secagg.credentials import CertificateMemo, Trust
 from fedbeat.broker.topics import AGGREGATOR_ID, FleetTopics
-from fedbeat.device.privacy.ddg import DdgParams
+from fedbeat.device.privacy.secure_round import ddg_params
 
 log = logging.getLogger("fedbeat.aggregator")
 
@@ -144,8 +144,6 @@ class AggregatorService:
         self.layout = self.models.layout
         self.strategy = build_strategy(config)
         self.secure_mode = config.secagg.enabled
-        if self.secure_mode:
-            self._check_secure_ring(config)
         if self.secure_mode and (self.strategy.needs_individual_updates
                                  or config.aggregation.strategy != "fedavg"):
             raise ConfigError(
@@ -188,16 +186,15 @@ class AggregatorService:
             except MetricsUnavailableError as exc:
                 raise ConfigError(str(exc)) from None
         self._published_seen = 0
+        if self.secure_mode:
+            self._check_secure_ring()
 
-    def _check_secure_ring(self, config: AggregatorConfig) -> None:
-        """Refuse at start a ring the round's numbers cannot use (rather than fail when a
+    def _check_secure_ring(self) -> None:
+        """Refuse at start a ring the rounds' numbers cannot use (rather than fail when a
         round opens): too few bits for the devices' rounding, a bad clip, …"""
-        r, s = config.rounds, config.secagg
+        announcement = self._announcement(0, self.models.current(), self.clock())
         try:
-            DdgParams(dim=self.layout.size, clip_norm=r.clip_norm,
-                      noise_multiplier=r.noise_multiplier if r.dp_mode == "ddg" else 0.0,
-                      min_devices=max(2, min(r.min_participants, r.target_participants)),
-                      max_devices=max(2, r.target_participants), bits=s.bits)
+            ddg_params(announcement, self.layout)
         except ValueError as exc:
             raise ConfigError(f"[secagg] with [rounds]: {exc}") from None
 

@@ -34,6 +34,7 @@ import numpy as np
 from rich.table import Table
 
 from fedbeat.aggregator.strategies import AggregateResult, create_server_optimizer
+from fedbeat.aggregator.strategies.aggregate import clip_scale
 from fedbeat.broker.secagg.loopback import run_round
 from fedbeat.broker.secagg.params import RoundContext
 from fedbeat.device.ecg.mitdb import patient_of
@@ -99,9 +100,11 @@ def devices_of(records: Sequence[RecordBeats], trainer: Trainer, per_patient: in
             for i, idx in enumerate(parts)]
 
 
-def clip(delta: np.ndarray, bound: float) -> np.ndarray:
-    norm = float(np.linalg.norm(delta))
-    return delta * (bound / norm) if norm > bound else delta
+def ddg_params(privacy: DdgConfig, layout: ParamLayout, devices: int) -> DdgParams:
+    """The DDG parameters of a round of ``devices``, all of which contribute."""
+    return DdgParams(dim=layout.size, clip_norm=privacy.clip_norm,
+                     noise_multiplier=privacy.noise_multiplier, min_devices=devices,
+                     max_devices=devices, bits=privacy.bits)
 
 
 def aggregate(name: str, deltas: dict[str, np.ndarray], privacy: DdgConfig, layout: ParamLayout,
@@ -113,17 +116,16 @@ def aggregate(name: str, deltas: dict[str, np.ndarray], privacy: DdgConfig, layo
     seeded ones to compare the variants' noise distributions reproducibly.
     """
     n = len(deltas)
-    total = np.zeros(layout.size)
-    for delta in deltas.values():
-        total += clip(delta.astype(np.float64), privacy.clip_norm)
-    if name == "clipped":
+    if name != "ddg":       # the DDG encoder clips on the device itself
+        total = np.zeros(layout.size)
+        for delta in deltas.values():
+            update = delta.astype(np.float64)
+            total += update * clip_scale(float(np.linalg.norm(update)), privacy.clip_norm)
+        if name == "central":
+            total += source().normal((layout.size,),
+                                     privacy.noise_multiplier * privacy.clip_norm)
         return total / n
-    if name == "central":
-        total += source().normal((layout.size,), privacy.noise_multiplier * privacy.clip_norm)
-        return total / n
-    params = DdgParams(dim=layout.size, clip_norm=privacy.clip_norm,
-                       noise_multiplier=privacy.noise_multiplier, min_devices=n, max_devices=n,
-                       bits=privacy.bits)
+    params = ddg_params(privacy, layout, n)
     encoder = DdgEncoder(params, f"{seed}/{round_index}".encode())
     inputs = {d: encoder.encode(v, source()) for d, v in deltas.items()}
     context = RoundContext("experiment", round_index, params.padded_dim, params.bits)
@@ -150,10 +152,9 @@ def run_experiment(model_dir: ModelDir, train: Sequence[RecordBeats],
             if run.name == "clipped":
                 norms.append(float(np.median([np.linalg.norm(v) for v in deltas.values()])))
             mean = aggregate(run.name, deltas, privacy, layout, round_index, training.seed)
-            result = AggregateResult(
-                {name: mean[s].reshape(shape).astype(np.float32)
-                 for name, shape, s in layout.slices()},
-                {name: len(deltas) for name in layout.names}, float(len(deltas)))
+            result = AggregateResult(dict(Params.from_flat(layout, mean)),
+                                     {name: len(deltas) for name in layout.names},
+                                     float(len(deltas)))
             run.params = optimizers[run.name].step(run.params, result, layout)
             metrics = score(run.params)
             run.scores.append(headline(metrics))
@@ -161,9 +162,6 @@ def run_experiment(model_dir: ModelDir, train: Sequence[RecordBeats],
             if advance:
                 advance()
     n = len(devices)
-    ddg_params = DdgParams(dim=layout.size, clip_norm=privacy.clip_norm,
-                           noise_multiplier=privacy.noise_multiplier, min_devices=n,
-                           max_devices=n, bits=privacy.bits)
     central_eps = epsilon_from_rdp(rdp=rdp_gaussian(
         noise_multiplier=privacy.noise_multiplier) * training.rounds, delta=DELTA)[0]
     return {
@@ -171,7 +169,8 @@ def run_experiment(model_dir: ModelDir, train: Sequence[RecordBeats],
         "clip_norm": privacy.clip_norm, "bits": privacy.bits, "delta": DELTA,
         "median_update_norm_per_round": norms,
         "epsilon": {"central": central_eps,
-                    "ddg": ddg_epsilon(ddg_params, [n] * training.rounds, DELTA)},
+                    "ddg": ddg_epsilon(ddg_params(privacy, layout, n), [n] * training.rounds,
+                                       DELTA)},
         "variants": {run.name: {"ds2": headline(run.final) if run.final else None,
                                 "aami": run.final.to_json() if run.final else None,
                                 "per_round": run.scores} for run in runs},

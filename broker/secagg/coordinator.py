@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fedbeat.broker.errors import Rejected, RejectReason
 from fedbeat.broker.secagg import ring, shamir
 from fedbeat.broker.secagg.credentials import (
+    DIGEST_BYTES,
     CertificateMemo,
     Trust,
     advertisement,
@@ -106,6 +107,7 @@ class Coordinator:
         self.phase = Phase.ADVERTISE
         self.threshold = 0
         self._adverts: dict[str, AdvertiseKeys] = {}
+        self._certificate_digests: dict[str, bytes] = {}
         self._index: dict[str, int] = {}
         self._neighbours: dict[str, list[str]] = {}
         self._relay: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
@@ -134,11 +136,14 @@ class Coordinator:
                                       advertisement(self.context, device_id,
                                                     message.cipher_public, message.mask_public,
                                                     message.seed_digest))
-                if len(message.seed_digest) != 32:
+                if len(message.seed_digest) != DIGEST_BYTES:
                     raise Rejected(RejectReason.SECAGG_VIOLATION, "advertisement without the "
                                                                   "self-mask seed's digest")
                 check_not_low_order(message.cipher_public, message.mask_public)
                 self._adverts[device_id] = message
+                if message.certificate:
+                    self._certificate_digests[device_id] = certificate_digest(
+                        message.certificate)
             case Phase.SHARE, EncryptedShares():
                 self._take_shares(device_id, message)
             case Phase.MASK, MaskedInput():
@@ -173,8 +178,8 @@ class Coordinator:
         self._shared.add(device_id)
         if self.memo is not None:       # it checked every neighbour's certificate to get here
             self.memo.learned(device_id, self._adverts[device_id].cache_id, (
-                certificate_digest(self._adverts[v].certificate)
-                for v in self._neighbours[device_id] if self._adverts[v].certificate))
+                self._certificate_digests[v] for v in self._neighbours[device_id]
+                if v in self._certificate_digests))
 
     def _take_masked(self, device_id: str, message: MaskedInput) -> None:
         self._member(device_id, self._masked_with)
@@ -254,10 +259,10 @@ class Coordinator:
         says ``device`` has already checked it."""
         advert = self._adverts[neighbour]
         certificate, digest = advert.certificate, b""
-        if self.memo is not None and certificate:
-            known = certificate_digest(certificate)
-            if self.memo.knows(device, self._adverts[device].cache_id, known):
-                certificate, digest = b"", known
+        known = self._certificate_digests.get(neighbour)
+        if self.memo is not None and known is not None and \
+                self.memo.knows(device, self._adverts[device].cache_id, known):
+            certificate, digest = b"", known
         return Peer(neighbour, self._index[neighbour], advert.cipher_public, advert.mask_public,
                     certificate, advert.signature, digest, advert.seed_digest)
 
@@ -323,10 +328,7 @@ class Coordinator:
         for survivor in sorted(holders):
             pair = ring.expand(pair_seed(mask_key, self._adverts[survivor].mask_public,
                                          self.context), dim, bits)
-            if survivor < owner:        # the survivor added +PRG(s_uv), so take it away
-                ring.subtract(total, pair, bits)
-            else:
-                ring.add(total, pair, bits)
+            ring.add_pair_mask(total, pair, survivor, owner, bits, remove=True)
 
     def revealed_share_owners(self) -> dict[str, tuple[int, int]]:
         """For each device, how many (self-mask, mask-key) shares the aggregator holds.

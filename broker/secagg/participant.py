@@ -60,8 +60,9 @@ class Participant:
     def __init__(self, device_id: str, context: RoundContext, *,
                  credentials: Credentials | None = None, trust: Trust | None = None) -> None:
         """``credentials`` sign this device's advertisement; with ``trust`` every neighbour's
-        must verify against the fleet CA (credentials.py). Without them the round is secure
-        against an honest-but-curious aggregator only (docs/protocol.md §10.5)."""
+        must verify against the fleet CA (credentials.py), so the aggregator cannot make up
+        neighbours. Either way the round is secure against an honest-but-curious aggregator,
+        not an actively malicious one (docs/protocol.md §10.5)."""
         self.device_id = device_id
         self.context = context
         self.credentials = credentials
@@ -157,10 +158,7 @@ class Participant:
         for neighbour in self._received:
             pair = ring.expand(pair_seed(keys.mask, self._peers[neighbour].mask_public,
                                          self.context), self.context.dim, bits)
-            if self.device_id < neighbour:
-                ring.add(masked, pair, bits)
-            else:
-                ring.subtract(masked, pair, bits)
+            ring.add_pair_mask(masked, pair, self.device_id, neighbour, bits)
         self._masked_with = frozenset(self._received)
         self.stage = Stage.UNMASK
         return MaskedInput(ring.pack(masked, bits))

@@ -79,7 +79,7 @@ def unpack(data: bytes, dim: int, bits: int) -> np.ndarray:
 
 def centered(values: np.ndarray, bits: int) -> np.ndarray:
     """Ring elements as signed integers in [-2^(bits-1), 2^(bits-1)) (int64)."""
-    signed = values.astype(np.int64)
+    signed: np.ndarray = values.astype(np.int64)
     half = 1 << (bits - 1)
     signed[signed >= half] -= 1 << bits
     return signed
@@ -87,4 +87,17 @@ def centered(values: np.ndarray, bits: int) -> np.ndarray:
 
 def from_signed(values: np.ndarray, bits: int) -> np.ndarray:
     """Signed integers reduced into the ring (the "modular clipping" of Kairouz et al.)."""
-    return (np.asarray(values, dtype=np.int64) & ((1 << bits) - 1)).astype(np.uint32)
+    reduced: np.ndarray = (np.asarray(values, dtype=np.int64) & ((1 << bits) - 1)
+                           ).astype(np.uint32)
+    return reduced
+
+
+def add_pair_mask(total: np.ndarray, pair: np.ndarray, device: str, neighbour: str,
+                  bits: int, *, remove: bool = False) -> None:
+    """Apply the mask ``device`` shares with ``neighbour``: the smaller id adds it, the larger
+    subtracts it, so the two cancel in the sum; ``remove`` takes ``device``'s use away again
+    (the aggregator, for a neighbour that dropped out after masking began)."""
+    if (device < neighbour) != remove:
+        add(total, pair, bits)
+    else:
+        subtract(total, pair, bits)

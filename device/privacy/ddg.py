@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedbeat.broker.secagg import ring
 from fedbeat.device.privacy import discrete_gaussian
 from fedbeat.device.privacy.noise import RandomSource
 
@@ -150,8 +151,7 @@ class DdgEncoder:
         scaled = self.rotate(flat) / p.granularity
         rounded = self._conditional_round(scaled, source)
         noise = discrete_gaussian.sample(p.local_stddev / p.granularity, rounded.size, source)
-        encoded: np.ndarray = ((rounded + noise) & ((1 << p.bits) - 1)).astype(np.uint32)
-        return encoded
+        return ring.from_signed(rounded + noise, p.bits)
 
     def _conditional_round(self, scaled: np.ndarray, source: RandomSource) -> np.ndarray:
         bound = self.params.rounded_norm_bound / self.params.granularity
@@ -167,7 +167,4 @@ class DdgEncoder:
     def decode_sum(self, ring_sum: np.ndarray) -> np.ndarray:
         """The ring sum of the devices' encodings → the (noisy) sum of their clipped updates."""
         p = self.params
-        signed = ring_sum.astype(np.int64)
-        half = 1 << (p.bits - 1)
-        signed[signed >= half] -= 1 << p.bits
-        return self.unrotate(signed.astype(np.float64) * p.granularity)
+        return self.unrotate(ring.centered(ring_sum, p.bits).astype(np.float64) * p.granularity)

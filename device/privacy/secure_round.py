@@ -64,7 +64,3 @@ def flatten(tensors: Mapping[str, np.ndarray], layout: ParamLayout) -> np.ndarra
             vector[where] = np.asarray(tensors[name], dtype=np.float64).reshape(shape).ravel()
     return vector
 
-
-def unflatten(vector: np.ndarray, layout: ParamLayout) -> dict[str, np.ndarray]:
-    return {name: vector[where].reshape(shape).astype(np.float32)
-            for name, shape, where in layout.slices()}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from fedbeat.broker.secagg import ring
 from fedbeat.broker.secagg.loopback import run_round
 from fedbeat.broker.secagg.params import RoundContext
 from fedbeat.device.privacy import discrete_gaussian
@@ -118,9 +119,7 @@ def test_the_ring_holds_the_sum_of_max_devices_without_wrapping() -> None:
     updates = [np.full(PARAMS.dim, 1.0)] * PARAMS.max_devices     # all aligned: worst case
     total = np.zeros(PARAMS.padded_dim, dtype=np.int64)
     for i, update in enumerate(updates):
-        signed = encoder.encode(update, SeededRandom(i)).astype(np.int64)
-        signed[signed >= 2 ** (PARAMS.bits - 1)] -= 2**PARAMS.bits
-        total += signed
+        total += ring.centered(encoder.encode(update, SeededRandom(i)), PARAMS.bits)
     assert int(np.abs(total).max()) < 2 ** (PARAMS.bits - 1)
 
 
@@ -128,8 +127,7 @@ def test_conditional_rounding_respects_the_norm_bound_of_the_analysis() -> None:
     encoder = DdgEncoder(PARAMS.__class__(**{**PARAMS.__dict__, "noise_multiplier": 0.0}),
                          b"r4")
     update = _updates(1, seed=4)[0]
-    signed = encoder.encode(update, SeededRandom(5)).astype(np.int64)
-    signed[signed >= 2 ** (PARAMS.bits - 1)] -= 2**PARAMS.bits
+    signed = ring.centered(encoder.encode(update, SeededRandom(5)), PARAMS.bits)
     bound = encoder.params.rounded_norm_bound / encoder.params.granularity
     assert float(np.linalg.norm(signed)) <= bound
 
@@ -147,11 +145,18 @@ def test_ddg_epsilon_approaches_the_central_gaussian_and_grows_with_fewer_surviv
 def test_too_little_integer_noise_is_charged_by_tau() -> None:
     assert tau(0.2, 50) > 1.0
     assert tau(5.0, 50) < 1e-100
-    coarse = DdgParams(dim=100, clip_norm=1.0, noise_multiplier=0.05, min_devices=50,
-                       max_devices=50, bits=6)
-    assert coarse.local_stddev / coarse.granularity < 0.5
-    fine = DdgParams(**{**coarse.__dict__, "bits": 20})
-    assert np.all(ddg_rdp(coarse, 50) > 10 * ddg_rdp(fine, 50))
+    base = {"dim": 100, "clip_norm": 1.0, "noise_multiplier": 0.1, "min_devices": 50,
+            "max_devices": 50}
+    coarse, fine = DdgParams(**base, bits=11), DdgParams(**base, bits=20)  # type: ignore[arg-type]
+    share = coarse.local_stddev / coarse.granularity
+    assert 0.5 <= share < 1.0                          # under a ring step per device
+    charged = ddg_rdp(coarse, 50, [2.0])[0] - ddg_rdp(fine, 50, [2.0])[0]
+    assert tau(share, 50) > 0.01
+    assert charged >= tau(share, 50) * coarse.padded_dim    # Theorem 1's τ·d term is there
+    # below half a step per device the theorem does not apply: no finite guarantee
+    too_coarse = DdgParams(**base, bits=10)  # type: ignore[arg-type]
+    assert too_coarse.local_stddev / too_coarse.granularity < 0.5
+    assert np.isinf(ddg_rdp(too_coarse, 50)).all()
     assert np.isinf(ddg_rdp(DdgParams(dim=10, clip_norm=1.0, noise_multiplier=0.0, min_devices=2,
                                       max_devices=2), 2)).all()
 
