@@ -396,11 +396,14 @@ class AggregatorService:
         log.warning("round %d aborted: %s", row.round_id, reason)
         self._save_secure_metrics(row.round_id)
         self._count_round("aborted")
+        self._forget_round()
+        self._publish_model(self.models.current())
+        self._open_next_round()
+
+    def _forget_round(self) -> None:
         self.round = None
         self.aggregation = None
         self.secure = None
-        self._publish_model(self.models.current())
-        self._open_next_round()
 
     def _close_round(self) -> None:
         row, aggregation = self.round, self.aggregation
@@ -426,8 +429,6 @@ class AggregatorService:
             version = self.models.commit(params, round_id=row.round_id, metrics=metrics)
         self._crash_point("after-model-commit")
         self._publish_model(version)
-        announcement = self._announcement(row.round_id, base, row.deadline, "closed",
-                                          f"model v{version.version}")
         evaluation = self.evaluator.evaluate(params) if self.evaluator is not None else None
         if evaluation is not None:
             log.info("round %d: model v%d on %s: macro-F1 (N,S,V,F) %s", row.round_id,
@@ -440,19 +441,24 @@ class AggregatorService:
             "close_s": time.perf_counter() - started,
             "rejections": self.store.rejection_counts(),
             **self._secure_metrics()})
+        log.info("round %d closed: %d update(s) → model v%d", row.round_id, participants,
+                 version.version)
+        self._count_round("closed", participants)
+        self._mark_closed(row, version)
+
+    def _mark_closed(self, row: RoundRow, version: ModelVersion) -> None:
+        """Record and announce that ``row`` produced ``version`` (with the optimizer's state),
+        then open the next round."""
+        announcement = self._announcement(row.round_id, self.models.get(row.model_version),
+                                          row.deadline, "closed", f"model v{version.version}")
         self.store.finish_round(row.round_id, "closed", result_version=version.version,
                                 reason="", optimizer_state=encode_tensors(
                                     self.optimizer.state_dict()),
                                 announcement=announcement.to_body())
         self._crash_point("after-round-closed")
         self._announce(announcement)
-        log.info("round %d closed: %d update(s) → model v%d", row.round_id, participants,
-                 version.version)
-        self._count_round("closed", participants)
         self.rounds_closed += 1
-        self.round = None
-        self.aggregation = None
-        self.secure = None
+        self._forget_round()
         self._open_next_round()
 
     def _count_published(self) -> None:
@@ -515,16 +521,7 @@ class AggregatorService:
         log.warning("round %d: finishing a secure round committed before a restart; the "
                     "server optimizer state does not include its step", row.round_id)
         self._publish_model(version)
-        announcement = self._announcement(row.round_id, self.models.get(row.model_version),
-                                          row.deadline, "closed", f"model v{version.version}")
-        self.store.finish_round(row.round_id, "closed", result_version=version.version,
-                                reason="", optimizer_state=encode_tensors(
-                                    self.optimizer.state_dict()),
-                                announcement=announcement.to_body())
-        self._announce(announcement)
-        self.rounds_closed += 1
-        self.round = None
-        self._open_next_round()
+        self._mark_closed(row, version)
 
     def _publish_model(self, version: ModelVersion) -> None:
         assert self.client is not None
